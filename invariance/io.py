@@ -1,0 +1,103 @@
+"""Atomic file writes and provenance stamps, shared by training, sweeps, reports and scripts.
+
+Every file the framework writes goes through :func:`atomic_write_text` (or ``_bytes``): the
+content lands in a temporary file in the same folder and is renamed over the target, so a
+killed process never leaves a half-written result and never corrupts one already there.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "provenance"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
+
+    Args:
+        path: the target file; its parent folders are created.
+        data: the bytes to write.
+
+    Returns:
+        The target path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Writes ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance() -> dict[str, str]:
+    """Where and with what a result was made: git commit, versions, device, date.
+
+    Returns:
+        A flat dict of strings: ``git_commit``, ``jax``, ``flax``, ``backend``, ``device``,
+        ``device_count``, ``cpu``, ``python``, ``date`` (UTC, ISO 8601).
+    """
+    import flax
+    import jax
+
+    devices = jax.devices()
+    return {
+        "git_commit": _git_commit(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "backend": jax.default_backend(),
+        "device": devices[0].device_kind,
+        "device_count": str(len(devices)),
+        "cpu": f"{platform.machine()} x{os.cpu_count()}",
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }

@@ -1,0 +1,230 @@
+"""Pooling speed: ours against flax.linen, torch (channels_last) and the seeds' numpy loop.
+
+    python scripts/bench_pooling.py [--reps 30] [--out results/benchmarks/pooling.md]
+
+Input (256, 28, 28, 32) float32, 2x2 windows, stride 2 and stride 1; forward, and forward +
+backward (the pooled output and the input cotangent for a random output cotangent). Prints and
+writes a Markdown table of median milliseconds, effective GB/s and ratios, with this machine's
+copy bandwidth as the floor. Peers run in the same process, so the ratios hold on a noisy,
+shared machine even when the absolute times drift.
+
+Effective bytes: forward = |x| + |y|; forward + backward = 2|x| + 2|y| (read x, write y, read
+the cotangent of y, write the cotangent of x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from invariance import pooling
+from invariance.io import atomic_write_text, provenance
+
+SHAPE = (256, 28, 28, 32)
+
+
+def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds (``fn`` must block until done)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def seed_pool2d(fm: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
+    """The seeds' reference loop (seeds/001 ``pool2d``, mode='max'), one 2-D map."""
+    out_h = (fm.shape[0] - size) // stride + 1
+    out_w = (fm.shape[1] - size) // stride + 1
+    out = np.zeros((out_h, out_w))
+    for i in range(out_h):
+        for j in range(out_w):
+            out[i, j] = np.max(fm[i * stride : i * stride + size, j * stride : j * stride + size])
+    return out
+
+
+def jax_impls(stride: int) -> dict[str, Callable]:
+    return {
+        "ours max_pool": lambda x: pooling.max_pool(x, 2, stride),
+        "flax.linen.max_pool": lambda x: nn.max_pool(x, (2, 2), (stride, stride)),
+        "ours avg_pool": lambda x: pooling.avg_pool(x, 2, stride),
+        "flax.linen.avg_pool": lambda x: nn.avg_pool(x, (2, 2), (stride, stride)),
+    }
+
+
+def fwd_bwd(f: Callable) -> Callable:
+    def run(x, g):
+        y, vjp = jax.vjp(f, x)
+        return y, vjp(g)[0]
+
+    return jax.jit(run)
+
+
+def bench(reps: int) -> tuple[list[dict], dict]:
+    key = jax.random.key(0)
+    x = jax.random.normal(key, SHAPE, jnp.float32)
+    nbytes_x = x.size * 4
+    rows: list[dict] = []
+
+    # Floor: the faster of a numpy copy and an XLA copy of x (reads |x|, writes |x|).
+    src = np.asarray(x)
+    dst = np.empty_like(src)
+    t_np = median_ms(lambda: np.copyto(dst, src), reps)
+    xla_copy = jax.jit(lambda a: a * 1.0001)
+    t_xla = median_ms(lambda: xla_copy(x).block_until_ready(), reps)
+    bandwidth = 2 * nbytes_x / (min(t_np, t_xla) * 1e-3) / 1e9  # GB/s
+    floor = {"copy_ms_numpy": t_np, "copy_ms_xla": t_xla, "bandwidth_gbs": bandwidth}
+
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    except ImportError:
+        torch = None
+
+    for stride in (2, 1):
+        ho = (SHAPE[1] - 2) // stride + 1
+        y_shape = (SHAPE[0], ho, ho, SHAPE[3])
+        nbytes_y = int(np.prod(y_shape)) * 4
+        g = jax.random.normal(jax.random.key(1), y_shape, jnp.float32)
+        for name, f in jax_impls(stride).items():
+            fj = jax.jit(f)
+            fb = fwd_bwd(f)
+            slow = "flax" in name and "max" in name  # XLA's select_and_scatter gradient
+            t_f = median_ms(lambda fj=fj: fj(x).block_until_ready(), reps)
+            t_b = median_ms(
+                lambda fb=fb, g=g: jax.block_until_ready(fb(x, g)),
+                max(3, reps // 10) if slow else reps,
+            )
+            rows.append(dict(stride=stride, impl=name, fwd=t_f, fwdbwd=t_b, ny=nbytes_y))
+        if torch is not None:
+            F = torch.nn.functional
+            gt = torch.from_numpy(np.asarray(g).transpose(0, 3, 1, 2).copy())
+            gt = gt.contiguous(memory_format=torch.channels_last)
+            for kind, op in (("max", F.max_pool2d), ("avg", F.avg_pool2d)):
+                xg = xt.clone().requires_grad_(True)
+
+                def fb_t(op=op, xg=xg, gt=gt, stride=stride):
+                    y = op(xg, 2, stride)
+                    y.backward(gt)
+                    xg.grad = None
+
+                with torch.no_grad():
+                    t_f = median_ms(lambda op=op, stride=stride: op(xt, 2, stride), reps)
+                t_b = median_ms(fb_t, reps)
+                rows.append(
+                    dict(
+                        stride=stride,
+                        impl=f"torch {kind}_pool2d (channels_last)",
+                        fwd=t_f,
+                        fwdbwd=t_b,
+                        ny=nbytes_y,
+                    )
+                )
+        # The seeds' loop: time 64 single-channel maps, extrapolate to 256 x 32 maps.
+        maps = np.asarray(x[:2, :, :, :32]).transpose(0, 3, 1, 2).reshape(-1, 28, 28)
+        t0 = time.perf_counter()
+        for m in maps:
+            seed_pool2d(m, 2, stride)
+        per_map = (time.perf_counter() - t0) / len(maps)
+        rows.append(
+            dict(
+                stride=stride,
+                impl="seeds' numpy loop (extrapolated)",
+                fwd=per_map * SHAPE[0] * SHAPE[3] * 1e3,
+                fwdbwd=float("nan"),
+                ny=nbytes_y,
+            )
+        )
+    for r in rows:
+        r["gbs_fwd"] = (nbytes_x + r["ny"]) / (r["fwd"] * 1e-3) / 1e9
+        r["gbs_fwdbwd"] = 2 * (nbytes_x + r["ny"]) / (r["fwdbwd"] * 1e-3) / 1e9
+        r["floor_fwd"] = (nbytes_x + r["ny"]) / (bandwidth * 1e9) * 1e3
+    return rows, floor
+
+
+def render(rows: list[dict], floor: dict, reps: int) -> str:
+    prov = provenance()
+    lines = [
+        "# Pooling benchmark",
+        "",
+        f"Command: `python scripts/bench_pooling.py --reps {reps}`  ",
+        f"Input {SHAPE} float32 NHWC (torch: NCHW in channels_last), 2x2 windows; "
+        "median over repetitions.  ",
+        f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}, "
+        f"flax {prov['flax']}; commit {prov['git_commit']}; {prov['date']}.  ",
+        f"Copy bandwidth floor: {floor['bandwidth_gbs']:.1f} GB/s (numpy copy "
+        f"{floor['copy_ms_numpy']:.2f} ms, XLA copy {floor['copy_ms_xla']:.2f} ms for |x|).",
+        "",
+        "| stride | implementation | fwd ms | fwd GB/s | fwd / floor | fwd+bwd ms | fwd+bwd GB/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        fb = "n/a" if np.isnan(r["fwdbwd"]) else f"{r['fwdbwd']:.2f}"
+        fbg = "n/a" if np.isnan(r["fwdbwd"]) else f"{r['gbs_fwdbwd']:.1f}"
+        lines.append(
+            f"| {r['stride']} | {r['impl']} | {r['fwd']:.2f} | {r['gbs_fwd']:.1f} | "
+            f"{r['fwd'] / r['floor_fwd']:.2f}x | {fb} | {fbg} |"
+        )
+    lines += ["", "## Targets (max_pool, stride 2, this machine)", ""]
+    by = {(r["stride"], r["impl"]): r for r in rows}
+    ours = by[(2, "ours max_pool")]
+    checks = [
+        (
+            "fwd+bwd vs flax.linen.max_pool gradient (target <= 0.10)",
+            ours["fwdbwd"] / by[(2, "flax.linen.max_pool")]["fwdbwd"],
+            0.10,
+        ),
+        ("fwd vs the copy-bandwidth floor (target <= 1.5)", ours["fwd"] / ours["floor_fwd"], 1.5),
+    ]
+    torch_row = by.get((2, "torch max_pool2d (channels_last)"))
+    if torch_row:
+        checks.insert(
+            0,
+            (
+                "fwd+bwd vs torch channels_last (target <= 0.50)",
+                ours["fwdbwd"] / torch_row["fwdbwd"],
+                0.50,
+            ),
+        )
+    else:
+        lines.append("torch is not importable here: the torch target was not measured.")
+    for label, ratio, target in checks:
+        verdict = "met" if ratio <= target else "MISSED"
+        lines.append(f"- {label}: {ratio:.3f} — {verdict}")
+    for stride in (1,):
+        o, f = by[(stride, "ours max_pool")], by[(stride, "flax.linen.max_pool")]
+        lines.append(
+            f"- stride {stride}: ours fwd+bwd / flax.linen gradient = "
+            f"{o['fwdbwd'] / f['fwdbwd']:.3f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--out", default="results/benchmarks/pooling.md")
+    args = ap.parse_args(argv)
+    rows, floor = bench(args.reps)
+    text = render(rows, floor, args.reps)
+    print(text)
+    atomic_write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

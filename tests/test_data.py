@@ -1,0 +1,362 @@
+"""Tests of invariance.data: local IDX files through our tfds builder, the cache, errors, synthetic.
+
+Offline and deterministic: tiny IDX files are written into tmp_path, and INVARIANCE_DATA_DIR and
+INVARIANCE_CACHE_DIR point at tmp folders. One test reads the real Fashion-MNIST from the Debian
+package dataset-fashion-mnist when it is installed.
+"""
+
+import gzip
+import importlib.util
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from invariance import data
+from invariance.data import _tfds
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    """An IDX file: big-endian magic number, one uint32 per dimension, then the uint8 values."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_idx(directory: Path, split: str, images, labels, *, gz: bool = True) -> None:
+    """Writes one split's images (N, 28, 28) and labels (N,) as IDX files in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stem, array, magic in zip(STEMS[split], (images, labels), (2051, 2049), strict=True):
+        content = idx_bytes(array, magic)
+        if gz:
+            (directory / f"{stem}.gz").write_bytes(gzip.compress(content, mtime=0))
+        else:
+            (directory / stem).write_bytes(content)
+
+
+def tiny(seed: int, n: int):
+    """n random 28x28 images and labels 0..9."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+    return images, labels
+
+
+def write_dataset(directory: Path, seed: int = 0, *, gz: bool = True):
+    """Writes a 20-image train and 7-image test split; returns {split: (images, labels)}."""
+    arrays = {"train": tiny(seed, 20), "test": tiny(seed + 100, 7)}
+    for split, (images, labels) in arrays.items():
+        write_idx(directory, split, images, labels, gz=gz)
+    return arrays
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    """INVARIANCE_DATA_DIR and INVARIANCE_CACHE_DIR in tmp_path."""
+    idx_dir, cache_dir = tmp_path / "idx", tmp_path / "cache"
+    idx_dir.mkdir()
+    monkeypatch.setenv("INVARIANCE_DATA_DIR", str(idx_dir))
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(cache_dir))
+    return idx_dir, cache_dir
+
+
+def assert_split(loaded, images, labels):
+    x, y = loaded
+    assert x.dtype == np.uint8 and x.shape == (len(images), 28, 28, 1)
+    assert y.dtype == np.int32 and y.shape == (len(labels),)
+    np.testing.assert_array_equal(x[..., 0], images)
+    np.testing.assert_array_equal(y, labels)
+
+
+# Local IDX files through the fashion_mnist_local builder.
+
+
+def test_local_round_trip_through_tfds_builder(dirs):
+    idx_dir, cache_dir = dirs
+    arrays = write_dataset(idx_dir)
+    for split in ("train", "test"):
+        assert_split(data.load("fashion_mnist", split), *arrays[split])
+    prepared = cache_dir / "tensorflow_datasets" / "fashion_mnist_local" / "1.0.0"
+    assert (prepared / "dataset_info.json").is_file()
+    assert sorted(p.name for p in prepared.glob("*.array_record*")) == [
+        "fashion_mnist_local-test.array_record-00000-of-00001",
+        "fashion_mnist_local-train.array_record-00000-of-00001",
+    ]
+    entries = sorted(p.name for p in (cache_dir / "arrays" / "v1").iterdir())
+    assert entries == ["fashion_mnist-test-local", "fashion_mnist-train-local"]  # No temp left.
+
+
+def test_default_name_and_split_are_fashion_mnist_train(dirs):
+    arrays = write_dataset(dirs[0])
+    assert_split(data.load(), *arrays["train"])
+
+
+def test_second_load_hits_the_array_cache(dirs, monkeypatch):
+    idx_dir, cache_dir = dirs
+    arrays = write_dataset(idx_dir)
+    data.load("fashion_mnist", "train")
+    shutil.rmtree(idx_dir)
+    shutil.rmtree(cache_dir / "tensorflow_datasets")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tfds used on a cache hit")
+
+    monkeypatch.setattr(_tfds, "read", fail)
+    assert_split(data.load("fashion_mnist", "train"), *arrays["train"])
+
+
+def test_prepared_tfds_dataset_is_reused_without_the_files(dirs):
+    idx_dir, cache_dir = dirs
+    arrays = write_dataset(idx_dir)
+    data.load("fashion_mnist", "train")  # Prepares both splits.
+    shutil.rmtree(idx_dir)
+    assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
+
+
+def test_unreadable_cache_entry_is_rebuilt(dirs):
+    idx_dir, cache_dir = dirs
+    arrays = write_dataset(idx_dir)
+    data.load("fashion_mnist", "test")
+    entry = cache_dir / "arrays" / "v1" / "fashion_mnist-test-local"
+    (entry / "images.npy").write_bytes(b"not numpy")
+    assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
+    assert np.load(entry / "images.npy").shape == (7, 28, 28, 1)
+
+
+def test_mnist_and_fashion_mnist_in_subfolders_of_one_data_dir(dirs):
+    idx_dir, _ = dirs
+    fashion = write_dataset(idx_dir / "fashion-mnist", seed=1)
+    mnist = write_dataset(idx_dir / "mnist", seed=2, gz=False)  # Plain IDX files work too.
+    assert_split(data.load("fashion_mnist", "test"), *fashion["test"])
+    assert_split(data.load("mnist", "test"), *mnist["test"])
+
+
+def test_data_dir_argument_overrides_the_environment(dirs, tmp_path):
+    write_dataset(dirs[0], seed=1)
+    other = write_dataset(tmp_path / "other", seed=3)
+    assert_split(data.load("mnist", "train", data_dir=tmp_path / "other"), *other["train"])
+
+
+# Corrupt files: one ValueError naming the file and what is wrong.
+
+
+def corrupt(idx_dir: Path, name: str, content: bytes) -> Path:
+    write_dataset(idx_dir)
+    path = idx_dir / name
+    path.write_bytes(gzip.compress(content))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("train-images-idx3-ubyte.gz", idx_bytes(np.zeros((20, 28, 28)), 2049), "magic.*2049"),
+        ("t10k-labels-idx1-ubyte.gz", idx_bytes(np.zeros((7, 28)), 2051), "magic.*2051"),
+        ("train-images-idx3-ubyte.gz", idx_bytes(np.zeros((20, 28, 28)), 2051)[:-5], "truncated"),
+        ("train-labels-idx1-ubyte.gz", b"\x00\x00", "too short"),
+        ("train-labels-idx1-ubyte.gz", idx_bytes(np.full(20, 10), 2049), "label 10"),
+        ("train-labels-idx1-ubyte.gz", idx_bytes(np.zeros(19), 2049), "20 images.*19 labels"),
+        ("train-images-idx3-ubyte.gz", idx_bytes(np.zeros((20, 32, 32)), 2051), "32x32"),
+    ],
+)
+def test_corrupt_file_raises_one_value_error_naming_it(dirs, name, content, match):
+    path = corrupt(dirs[0], name, content)
+    with pytest.raises(ValueError, match=match) as info:
+        data.load("fashion_mnist", "test")
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_not_gzip_raises_value_error_naming_the_file(dirs):
+    idx_dir, cache_dir = dirs
+    write_dataset(idx_dir)
+    path = idx_dir / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(b"this is not gzip data")
+    with pytest.raises(ValueError, match="gzip") as info:
+        data.load("fashion_mnist", "train")
+    assert str(path) in str(info.value)
+    assert not (cache_dir / "tensorflow_datasets" / "fashion_mnist_local" / "1.0.0").exists()
+
+
+# Nothing found: one DataNotFoundError saying where it looked and the ways to get the data.
+
+
+def test_nothing_found_raises_one_clear_error(dirs):
+    idx_dir, cache_dir = dirs
+    write_idx(idx_dir, "train", *tiny(0, 20))  # The test split's files are missing.
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.load("fashion_mnist", "train", download=False)
+    message = str(info.value)
+    assert isinstance(info.value, FileNotFoundError)
+    assert "\n" not in message
+    assert str(idx_dir) in message and "t10k-labels-idx1-ubyte.gz" in message
+    assert str(cache_dir / "tensorflow_datasets") in message
+    assert "download=False" in message
+    assert "(1) with network" in message and "tensorflow" in message
+    assert "(2) apt-get install dataset-fashion-mnist" in message
+    assert "(3) " in message and "INVARIANCE_DATA_DIR=/dir/with/idx/gz" in message
+
+
+def test_nothing_found_says_why_tfds_did_not_download(dirs, monkeypatch):
+    if importlib.util.find_spec("tensorflow") is None:
+        reason = "TensorFlow is not installed"
+    else:  # Keep the test offline where TensorFlow is installed.
+        monkeypatch.setattr(_tfds, "_reachable", lambda url: False)
+        reason = "no network"
+    with pytest.raises(data.DataNotFoundError, match=reason):
+        data.load("fashion_mnist", "test")
+
+
+def test_mnist_not_found_without_a_data_dir(dirs, monkeypatch):
+    monkeypatch.delenv("INVARIANCE_DATA_DIR")
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.load("mnist", "test", download=False)
+    message = str(info.value)
+    assert "INVARIANCE_DATA_DIR" in message and "apt-get" not in message and "(3)" not in message
+
+
+def test_cifar10_not_found_offline(dirs):
+    with pytest.raises(data.DataNotFoundError, match=r"CIFAR-10 \(cifar10\) not found"):
+        data.load("cifar10", "train", download=False)
+
+
+# Names, splits and options.
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "imagenet"}, "unknown dataset 'imagenet'; valid: fashion_mnist, mnist, cifar10"),
+        ({"split": "validation"}, "unknown split 'validation'; valid: train, test"),
+        ({"name": "mnist", "num_examples": 5}, "num_examples is only for synthetic"),
+        ({"name": "cifar10", "data_dir": "/tmp"}, "data_dir is only for fashion_mnist and mnist"),
+        ({"name": "synthetic", "data_dir": "/tmp"}, "data_dir is only for fashion_mnist and"),
+    ],
+)
+def test_bad_arguments_raise_one_line_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        data.load(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_class_names():
+    assert data.DATASETS == ("fashion_mnist", "mnist", "cifar10", "synthetic")
+    assert data.class_names() == [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ]
+    assert data.class_names("mnist")[7] == "7"
+    assert data.class_names("cifar10")[0] == "airplane"
+    for name in data.DATASETS:
+        names = data.class_names(name)
+        assert len(names) == len(set(names)) == 10
+    with pytest.raises(ValueError, match="unknown dataset 'svhn'; valid: "):
+        data.class_names("svhn")
+
+
+# Synthetic.
+
+
+def test_synthetic_splits():
+    x_train, y_train = data.load("synthetic", "train")
+    x_test, y_test = data.load("synthetic", "test")
+    assert x_train.shape == (6000, 28, 28, 1) and x_train.dtype == np.uint8
+    assert y_train.shape == (6000,) and y_train.dtype == np.int32
+    assert x_test.shape == (1000, 28, 28, 1) and y_test.shape == (1000,)
+    np.testing.assert_array_equal(np.bincount(y_train), np.full(10, 600))
+    np.testing.assert_array_equal(np.bincount(y_test), np.full(10, 100))
+    assert not np.array_equal(x_train[:1000], x_test)
+    x_again, y_again = data.load("synthetic", "train")
+    np.testing.assert_array_equal(x_train, x_again)
+    np.testing.assert_array_equal(y_train, y_again)
+    assert data.load("synthetic", "test", num_examples=30)[0].shape == (30, 28, 28, 1)
+
+
+def test_synthetic_is_fast_and_configurable():
+    start = time.perf_counter()
+    images, labels = data.synthetic(10_000, seed=5)
+    assert time.perf_counter() - start < 5  # About 0.2 s on a laptop core.
+    assert images.shape == (10_000, 28, 28, 1) and labels.shape == (10_000,)
+    assert data.synthetic(20, seed=0, image_size=40)[0].shape == (20, 40, 40, 1)
+    assert not np.array_equal(data.synthetic(20, seed=0)[0], data.synthetic(20, seed=1)[0])
+    with pytest.raises(ValueError, match="image_size must be >= 12"):
+        data.synthetic(5, image_size=8)
+    with pytest.raises(ValueError, match="num_examples must be >= 0"):
+        data.synthetic(-1)
+
+
+@given(n=st.integers(0, 60), seed=st.integers(0, 2**32 - 1))
+def test_synthetic_property_balanced_and_deterministic(n, seed):
+    images, labels = data.synthetic(n, seed=seed)
+    assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
+    assert labels.shape == (n,) and labels.dtype == np.int32
+    counts = np.bincount(labels, minlength=10)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == n
+    np.testing.assert_array_equal(images, data.synthetic(n, seed=seed)[0])
+
+
+def test_synthetic_shapes_are_bright_on_a_dark_background():
+    images, labels = data.synthetic(500, seed=0)
+    x = images[..., 0].astype(np.float32)
+    assert np.median(x) < 50  # Background.
+    assert (x.reshape(500, -1).max(axis=1) > 140).all()  # Every image holds a shape.
+
+
+def test_synthetic_classes_are_separable_whatever_the_position():
+    """A translation-invariant linear classifier (on |FFT|) does far better than chance (10%)."""
+
+    def features(images):
+        spectrum = np.abs(np.fft.rfft2(images[..., 0].astype(np.float32) / 255))
+        flat = spectrum.reshape(len(images), -1)
+        return np.concatenate([flat, np.ones((len(images), 1), np.float32)], axis=1)
+
+    x_train, y_train = data.synthetic(3000, seed=0)
+    x_test, y_test = data.synthetic(1000, seed=1)
+    f_train = features(x_train)
+    targets = np.eye(10, dtype=np.float32)[y_train]
+    gram = f_train.T @ f_train + 1.0 * np.eye(f_train.shape[1], dtype=np.float32)
+    weights = np.linalg.solve(gram, f_train.T @ targets)
+    accuracy = np.mean(np.argmax(features(x_test) @ weights, axis=1) == y_test)
+    assert accuracy > 0.9, accuracy  # 0.996 as written.
+
+
+# The real Fashion-MNIST, from the Debian package.
+
+
+def test_real_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
+    if not all((FASHION_DIR / name).is_file() for name in data._idx.ALL_FILES):
+        pytest.skip(
+            "Debian package dataset-fashion-mnist not installed: "
+            "apt-get install dataset-fashion-mnist"
+        )
+    monkeypatch.delenv("INVARIANCE_DATA_DIR", raising=False)
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path / "cache"))
+    x_train, y_train = data.load("fashion_mnist", "train")
+    x_test, y_test = data.load("fashion_mnist", "test")
+    assert x_train.shape == (60000, 28, 28, 1) and x_train.dtype == np.uint8
+    assert y_train.shape == (60000,) and y_train.dtype == np.int32
+    assert x_test.shape == (10000, 28, 28, 1) and y_test.shape == (10000,)
+    np.testing.assert_array_equal(np.bincount(y_train), np.full(10, 6000))
+    np.testing.assert_array_equal(np.bincount(y_test), np.full(10, 1000))
+    np.testing.assert_array_equal(y_train[:10], [9, 0, 0, 3, 0, 2, 7, 2, 5, 5])  # File order.
+    start = time.perf_counter()
+    x_cached, _ = data.load("fashion_mnist", "train")
+    assert time.perf_counter() - start < 1.0
+    np.testing.assert_array_equal(x_cached, x_train)
