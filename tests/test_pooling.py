@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from invariance import pooling as P
+from invariance.pooling._antialiased import _BINOMIAL
+from invariance.pooling._geometry import _pair, _resolve_pads
 
 # The 4x4 feature map worked by hand in seeds/001 and the 1..16 map of seeds/003.
 SEED_001 = np.array([[12, 20, 3, 7], [8, 15, 11, 4], [6, 9, 14, 18], [2, 10, 5, 16]], np.float32)
@@ -114,10 +116,10 @@ GEOMETRIES = [
 
 
 def _ref_kwargs(kw, shape):
-    pads = P._resolve_pads(
+    pads = _resolve_pads(
         shape,
-        P._pair(kw["window"], "w"),
-        P._pair(kw.get("stride") or kw["window"], "s"),
+        _pair(kw["window"], "w"),
+        _pair(kw.get("stride") or kw["window"], "s"),
         kw.get("padding", "VALID"),
     )
     return dict(window=kw["window"], stride=kw.get("stride"), padding=pads)
@@ -149,9 +151,9 @@ def test_avg_pool_count_exclude_pad(kw):
 @pytest.mark.parametrize("kw", GEOMETRIES)
 def test_against_flax_linen(kw):
     x = jnp.asarray(_rng(3).normal(size=(2, 8, 9, 4)), jnp.float32)
-    win = P._pair(kw["window"], "w")
-    strides = P._pair(kw.get("stride") or kw["window"], "s")
-    pads = P._resolve_pads((8, 9), win, strides, kw.get("padding", "VALID"))
+    win = _pair(kw["window"], "w")
+    strides = _pair(kw.get("stride") or kw["window"], "s")
+    pads = _resolve_pads((8, 9), win, strides, kw.get("padding", "VALID"))
     np.testing.assert_allclose(P.max_pool(x, **kw), nn.max_pool(x, win, strides, pads), rtol=1e-6)
     np.testing.assert_allclose(
         P.avg_pool(x, **kw),
@@ -318,7 +320,7 @@ def test_stochastic_pool_samples_with_activation_probabilities():
 
 
 def ref_blur(x, k, s, mode):
-    a = np.asarray(P._BINOMIAL[k])
+    a = np.asarray(_BINOMIAL[k])
     f = np.outer(a, a) / np.outer(a, a).sum()
     lo, hi = (k - 1) // 2, k // 2
     xp = np.pad(x, [(lo, hi), (lo, hi), (0, 0)], mode={"circular": "wrap"}.get(mode, mode))
@@ -469,7 +471,7 @@ def test_against_torch_semantics():
     )
     # adobe/antialiased-cnns BlurPool: reflect pad then depthwise conv with the binomial filter.
     for k in (2, 3, 5):
-        a = torch.tensor(P._BINOMIAL[k], dtype=torch.float32)
+        a = torch.tensor(_BINOMIAL[k], dtype=torch.float32)
         f = (a[:, None] * a[None, :]) / (a[:, None] * a[None, :]).sum()
         lo, hi = (k - 1) // 2, k // 2
         xp = F.pad(xa, (lo, hi, lo, hi), mode="reflect")

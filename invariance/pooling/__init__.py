@@ -1,0 +1,126 @@
+"""Pure pooling functions on NHWC arrays, and a registry to pick one by name.
+
+Every function takes ``x`` of shape ``(..., H, W, C)`` with any number of leading batch dims
+(so it works unbatched and under ``jax.vmap``) and returns ``(..., H', W', C)`` (or
+``(..., C)`` for global pooling). ``window`` and ``stride`` are an int or an ``(h, w)`` pair;
+``stride`` defaults to ``window``; ``padding`` is ``"VALID"``, ``"SAME"``, an int (the same on
+every side, as ``torch.nn.MaxPool2d(padding=p)``), or ``((top, bottom), (left, right))``.
+
+Windowed reductions are written as a reduction over the ``window_h * window_w`` strided slices
+of the padded input rather than with ``lax.reduce_window``: XLA fuses the slices into one loop,
+and the gradient is a sum of pads instead of XLA's ``select_and_scatter``, whose CPU gradient
+for max pooling costs ~75x the forward pass (``scripts/bench_pooling.py`` measures it).
+
+Max / min pooling gradient convention (torch's): each window's whole cotangent goes to ONE
+element, the first extreme in row-major order of the window, never split among ties (ties are
+common after a ReLU, where many values are exactly 0). Padded positions never win.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> fm = jnp.array([[12, 20, 3, 7], [8, 15, 11, 4], [6, 9, 14, 18], [2, 10, 5, 16]],
+    ...                dtype=jnp.float32)[..., None]
+    >>> max_pool(fm, 2)[..., 0].tolist()
+    [[20.0, 11.0], [10.0, 18.0]]
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from invariance.pooling._antialiased import (
+    APS_NORMS,
+    PAD_MODES,
+    aps_pool,
+    binomial_filter,
+    blur_pool,
+    max_blur_pool,
+)
+from invariance.pooling._geometry import PADDING_NAMES, output_size
+from invariance.pooling._windowed import (
+    GLOBAL_KINDS,
+    avg_pool,
+    global_pool,
+    lp_pool,
+    max_pool,
+    min_pool,
+    mixed_pool,
+    stochastic_pool,
+)
+
+__all__ = [
+    "APS_NORMS",
+    "GLOBAL_KINDS",
+    "PADDING_NAMES",
+    "PAD_MODES",
+    "POOLS",
+    "aps_pool",
+    "avg_pool",
+    "binomial_filter",
+    "blur_pool",
+    "global_pool",
+    "lp_pool",
+    "max_blur_pool",
+    "max_pool",
+    "min_pool",
+    "mixed_pool",
+    "output_size",
+    "pool",
+    "stochastic_pool",
+]
+
+_REGISTRY: dict[str, Callable[..., jax.Array]] = {
+    "max": max_pool,
+    "min": min_pool,
+    "avg": avg_pool,
+    "lp": lp_pool,
+    "stochastic": stochastic_pool,
+    "mixed": mixed_pool,
+    "blur": blur_pool,
+    "max_blur": max_blur_pool,
+    "aps": aps_pool,
+    "global_avg": functools.partial(global_pool, kind="avg"),
+    "global_max": functools.partial(global_pool, kind="max"),
+    "global_min": functools.partial(global_pool, kind="min"),
+}
+
+#: Every pooling kind :func:`pool` accepts, by name.
+POOLS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def pool(x: jax.Array, kind: str, **options: Any) -> jax.Array:
+    """Dispatches to a pooling function by name (big_vision's ``pool_type`` style).
+
+    Args:
+        x: ``(..., H, W, C)``.
+        kind: one of :data:`POOLS`: "max", "min", "avg", "lp", "stochastic", "mixed", "blur",
+            "max_blur", "aps", "global_avg", "global_max", "global_min".
+        **options: keyword arguments of that function, e.g. ``window=2`` for "max",
+            ``key=...`` for "stochastic", ``p=2`` for "lp", ``alpha=0.5`` for "mixed".
+
+    Returns:
+        That function's output.
+
+    Raises:
+        ValueError: an unknown kind (the message lists the valid ones).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> pool(jnp.ones((4, 4, 1)), "avg", window=2).shape
+        (2, 2, 1)
+    """
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown pooling kind {kind!r}: valid are {', '.join(POOLS)}")
+    fn = _REGISTRY[kind]
+    if kind == "stochastic":
+        options = dict(options)
+        key = options.pop("key", None)
+        if key is None:
+            if options.get("train", True):
+                raise ValueError("pooling kind 'stochastic' needs key=... when train=True")
+            key = jax.random.key(0)
+        return fn(key, x, **options)
+    return fn(x, **options)

@@ -1,0 +1,283 @@
+"""Windowed pooling: max / min (torch's one-element gradient), average, Lp, mixed, stochastic."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from invariance.pooling._geometry import (
+    Pads,
+    Pair,
+    _check_no_empty_window,
+    _check_rank,
+    _geometry,
+    _is_concrete,
+    _lowest,
+    _pad_hw,
+    _slice,
+    _unslice,
+    _window_slices,
+)
+
+GLOBAL_KINDS = ("avg", "max", "min")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool_core(x: jax.Array, win: Pair, st: Pair, pads: Pads, out_hw: Pair) -> jax.Array:
+    xp = _pad_hw(x, pads, _lowest(x.dtype))
+    return functools.reduce(jnp.maximum, _window_slices(xp, win, st, out_hw))
+
+
+def _max_pool_fwd(x, win, st, pads, out_hw):
+    out = _max_pool_core(x, win, st, pads, out_hw)
+    return out, (x, out)
+
+
+def _max_pool_bwd(win, st, pads, out_hw, res, g):
+    x, out = res
+    xp = _pad_hw(x, pads, _lowest(x.dtype))
+    padded_hw = (xp.shape[-3], xp.shape[-2])
+    g = g.astype(x.dtype)
+    zero = jnp.zeros((), g.dtype)
+    if win == st and pads == ((0, 0), (0, 0)):
+        # Non-overlapping windows: every input element belongs to at most one window, so the
+        # gradient is the per-window one-hot, interleaved back in one fused pass.
+        taken = None
+        parts = []
+        for sl in _window_slices(xp, win, st, out_hw):
+            hit = sl == out
+            if taken is None:
+                taken = hit
+            else:
+                hit = hit & ~taken
+                taken = taken | hit
+            parts.append(jnp.where(hit, g, zero))
+        lead = g.shape[:-3]
+        ho, wo, c = g.shape[-3:]
+        dx = jnp.stack(parts, axis=-2).reshape(*lead, ho, wo, win[0], win[1], c)
+        dx = jnp.moveaxis(dx, -3, -4).reshape(*lead, ho * win[0], wo * win[1], c)
+        h, w = x.shape[-3], x.shape[-2]
+        if (h, w) != dx.shape[-3:-1]:  # rows / columns that no window covers get zero
+            cfg = [(0, 0)] * len(lead) + [(0, h - dx.shape[-3]), (0, w - dx.shape[-2]), (0, 0)]
+            dx = jnp.pad(dx, cfg)
+        return (dx,)
+    # General windows: sum of the per-element contributions placed back on the padded grid.
+    taken = None
+    dxp = None
+    for idx, sl in enumerate(_window_slices(xp, win, st, out_hw)):
+        i, j = divmod(idx, win[1])
+        hit = sl == out
+        if taken is None:
+            taken = hit
+        else:
+            hit = hit & ~taken
+            taken = taken | hit
+        part = _unslice(jnp.where(hit, g, zero), i, j, st, padded_hw)
+        dxp = part if dxp is None else dxp + part
+    (t, _), (l, _) = pads
+    return (dxp[..., t : t + x.shape[-3], l : l + x.shape[-2], :],)
+
+
+_max_pool_core.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = "VALID") -> jax.Array:
+    """Max pooling, as ``torch.nn.MaxPool2d`` (padded positions never win).
+
+    Args:
+        x: ``(..., H, W, C)``.
+        window: window size, int or (h, w).
+        stride: int or (h, w); defaults to ``window``.
+        padding: "VALID", "SAME", an int, or ((top, bottom), (left, right)).
+
+    Returns:
+        ``(..., H', W', C)`` with ``H', W' = output_size((H, W), window, stride, padding)``.
+
+    The gradient gives each window's whole cotangent to the first maximum in row-major order
+    (torch's convention), computed with a custom VJP that costs about as much as the forward.
+    """
+    win, st, pads, out_hw = _geometry(x, window, stride, padding)
+    _check_no_empty_window((x.shape[-3], x.shape[-2]), win, st, pads, out_hw)
+    return _max_pool_core(x, win, st, pads, out_hw)
+
+
+def min_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = "VALID") -> jax.Array:
+    """Min pooling: ``-max_pool(-x)``; padded positions never win.
+
+    Args and returns as :func:`max_pool`. The gradient goes to the first minimum in row-major
+    order of each window.
+    """
+    return -max_pool(-x, window, stride, padding)
+
+
+def _window_sum(x: jax.Array, win: Pair, st: Pair, pads: Pads, out_hw: Pair) -> jax.Array:
+    xp = _pad_hw(x, pads, 0)
+    return functools.reduce(jnp.add, _window_slices(xp, win, st, out_hw))
+
+
+def avg_pool(
+    x: jax.Array,
+    window: Any,
+    stride: Any = None,
+    padding: Any = "VALID",
+    count_include_pad: bool = True,
+) -> jax.Array:
+    """Average pooling, as ``torch.nn.AvgPool2d`` (zero padding).
+
+    Args:
+        x: ``(..., H, W, C)``.
+        window, stride, padding: as :func:`max_pool`.
+        count_include_pad: divide by the full window size (True, torch's default) or by the
+            number of real (non-padded) elements in each window.
+
+    Returns:
+        ``(..., H', W', C)``.
+    """
+    win, st, pads, out_hw = _geometry(x, window, stride, padding)
+    total = _window_sum(x, win, st, pads, out_hw)
+    if count_include_pad or pads == ((0, 0), (0, 0)):
+        return total / (win[0] * win[1])
+    ones = np.ones((x.shape[-3], x.shape[-2], 1), np.float32)
+    counts = _np_window_sum(ones, win, st, pads, out_hw)
+    return total / jnp.asarray(counts, dtype=total.dtype)
+
+
+def _np_window_sum(a: np.ndarray, win: Pair, st: Pair, pads: Pads, out_hw: Pair) -> np.ndarray:
+    ap = np.pad(a, [pads[0], pads[1], (0, 0)])
+    return sum(_slice(ap, i, j, st, out_hw) for i in range(win[0]) for j in range(win[1]))
+
+
+def lp_pool(
+    x: jax.Array, p: float, window: Any, stride: Any = None, padding: Any = "VALID"
+) -> jax.Array:
+    """Power-average pooling, ``torch.nn.LPPool2d``: ``(sum over window of x^p)^(1/p)``.
+
+    As in torch, the result is ``sign(s) * relu(|s|)^(1/p)`` with ``s`` the window sum of
+    ``x^p``; padded positions add 0. ``p = 1`` is sum pooling; large ``p`` approaches max
+    pooling (Boureau et al. 2010). For non-integer ``p`` use non-negative inputs (after a
+    ReLU), as ``x^p`` is NaN for negative ``x``. The gradient is 0 where a window sums to 0.
+
+    Args:
+        x: ``(..., H, W, C)``.
+        p: the power, > 0.
+        window, stride, padding: as :func:`max_pool`.
+
+    Returns:
+        ``(..., H', W', C)``.
+    """
+    if isinstance(p, (int, float)) and not p > 0:
+        raise ValueError(f"lp_pool needs p > 0, got {p}")
+    win, st, pads, out_hw = _geometry(x, window, stride, padding)
+    s = _window_sum(x**p, win, st, pads, out_hw)
+    pos = s > 0
+    safe = jnp.where(pos, s, jnp.ones_like(s))
+    return jnp.where(pos, safe ** (1.0 / p), jnp.zeros_like(s))
+
+
+def mixed_pool(
+    x: jax.Array, alpha: Any, window: Any, stride: Any = None, padding: Any = "VALID"
+) -> jax.Array:
+    """Mixed pooling (Yu et al. 2014): ``alpha * max_pool + (1 - alpha) * avg_pool``.
+
+    Args:
+        x: ``(..., H, W, C)``.
+        alpha: a scalar or a per-channel array of shape ``(C,)``, in [0, 1] (checked when
+            concrete; a learned alpha is kept in range by the model, e.g. with a sigmoid).
+        window, stride, padding: as :func:`max_pool`.
+
+    Returns:
+        ``(..., H', W', C)``.
+    """
+    if _is_concrete(alpha):
+        a = np.asarray(alpha)
+        if a.size and (np.any(a < 0) or np.any(a > 1) or np.any(np.isnan(a))):
+            raise ValueError(f"mixed_pool alpha must lie in [0, 1], got {alpha!r}")
+    if jnp.ndim(alpha) not in (0, 1):
+        raise ValueError(f"mixed_pool alpha must be a scalar or shape (C,), got {jnp.shape(alpha)}")
+    alpha = jnp.asarray(alpha, dtype=jnp.result_type(x.dtype, jnp.float32))
+    return alpha * max_pool(x, window, stride, padding) + (1 - alpha) * avg_pool(
+        x, window, stride, padding
+    )
+
+
+def stochastic_pool(
+    key: jax.Array, x: jax.Array, window: Any, stride: Any = None, *, train: bool = True
+) -> jax.Array:
+    """Stochastic pooling (Zeiler & Fergus 2013, "Stochastic Pooling for Regularization of Deep
+    Convolutional Neural Networks").
+
+    Training: each window outputs one of its activations, drawn with probability
+    ``a_i / sum_j a_j``. Evaluation: the probability-weighted average ``sum_i p_i a_i``.
+    Activations are meant to be non-negative (after a ReLU); negative values get weight 0.
+    A window whose activations are all 0 outputs 0. No padding (as in the paper).
+
+    Args:
+        key: a PRNG key; each output position draws independently (unused when
+            ``train=False``).
+        x: ``(..., H, W, C)``.
+        window, stride: as :func:`max_pool`.
+        train: sample (True) or take the expectation (False).
+
+    Returns:
+        ``(..., H', W', C)``. The gradient flows to the sampled element (training) or through
+        the weighted average (evaluation).
+    """
+    win, st, pads, out_hw = _geometry(x, window, stride, "VALID")
+    a = jnp.stack(_window_slices(x, win, st, out_hw), axis=-1)  # (..., Ho, Wo, C, K)
+    w = jnp.maximum(a, 0)
+    total = jnp.sum(w, axis=-1, keepdims=True)
+    safe_total = jnp.where(total > 0, total, jnp.ones_like(total))
+    if not train:
+        return jnp.sum(w * a, axis=-1) / safe_total[..., 0]
+    u = jax.random.uniform(key, total.shape, dtype=total.dtype) * total
+    cum = jnp.cumsum(w, axis=-1)
+    # The first k with cumsum > u; clip guards against rounding in the last bin.
+    idx = jnp.minimum(jnp.sum(cum <= u, axis=-1, keepdims=True), a.shape[-1] - 1)
+    chosen = jnp.take_along_axis(a, idx, axis=-1)[..., 0]
+    return jnp.where(total[..., 0] > 0, chosen, jnp.zeros_like(chosen))
+
+
+def global_pool(x: jax.Array, kind: str = "avg") -> jax.Array:
+    """Global pooling over both spatial dims: one value per channel.
+
+    Exactly invariant to circular shifts of ``x`` (and to any permutation of positions).
+
+    Args:
+        x: ``(..., H, W, C)``.
+        kind: "avg", "max" or "min".
+
+    Returns:
+        ``(..., C)``.
+    """
+    _check_rank(x)
+    if kind not in GLOBAL_KINDS:
+        raise ValueError(f"unknown global pool kind {kind!r}: valid are {GLOBAL_KINDS}")
+    if kind == "avg":
+        return jnp.mean(x, axis=(-3, -2))
+    return _global_max(x) if kind == "max" else -_global_max(-x)
+
+
+@jax.custom_vjp
+def _global_max(x: jax.Array) -> jax.Array:
+    """(..., H, W, C) -> (..., C); the gradient goes to the first maximum in row-major order."""
+    return jnp.max(x, axis=(-3, -2))
+
+
+def _global_max_fwd(x):
+    lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
+    idx = jnp.argmax(x.reshape(*lead, h * w, c), axis=-2)  # first occurrence
+    return _global_max(x), (idx, x.shape)
+
+
+def _global_max_bwd(res, g):
+    idx, shape = res
+    lead, (h, w, c) = shape[:-3], shape[-3:]
+    onehot = jax.nn.one_hot(idx, h * w, axis=-2, dtype=g.dtype)  # (..., H*W, C)
+    return ((onehot * g[..., None, :]).reshape(*lead, h, w, c),)
+
+
+_global_max.defvjp(_global_max_fwd, _global_max_bwd)
