@@ -1,0 +1,35 @@
+"""Seed 002's claim: resizing the input to 14x14 instead of the first max pool keeps reasonable
+accuracy. SmallCNN(max) against DownsampleInput(14) (resize -> conv -> conv-pool -> head).
+
+Command:  invariance sweep downsample_input --profile quick
+          invariance report runs/downsample_input-quick
+Runtime:  quick ~1 min on a 2-core CPU; full ~10 GPU minutes.
+Numbers:  results/quick/downsample_input.md.
+"""
+
+from invariance.experiment import train_measure_config
+
+
+def get_config(profile="quick"):
+    c = train_measure_config("downsample_input", profile)
+    c.measure.protocols = [
+        {"fn": "shift_consistency", "max_shift": 3, "mode": "circular", "pairs": "two_shifted"},
+        {"fn": "shift_consistency", "max_shift": 3, "mode": "constant", "pairs": "two_shifted"},
+    ]
+    return c
+
+
+def get_sweep(profile="quick"):
+    widths = get_config(profile).train.model_options.widths
+    return [
+        {
+            "cell_name": "max pool (28 -> 14)",
+            "train.model": "small_cnn",
+            "train.model_options": {"pool": "max", "widths": widths},
+        },
+        {
+            "cell_name": "resize input to 14",
+            "train.model": "downsample_input",
+            "train.model_options": {"size": 14, "pool": "max", "widths": widths},
+        },
+    ]

@@ -1,0 +1,295 @@
+"""Experiments: what one sweep cell computes, from a resolved config to tidy rows.
+
+``run_cell(config, folder)`` dispatches on ``config["experiment"]``:
+
+* ``"train_measure"`` — train ``config.train`` (``num_seeds`` models in one program), then run
+  every protocol of ``config.measure.protocols`` on the first ``measure.eval_examples`` test
+  images, for every seed. Rows carry the cell's label, seed index, test accuracy, parameter
+  count and training time next to each protocol's own fields.
+* ``"seed_figures"`` — the seeds' experiments (seeds/000): pooling alone and the two Probe
+  networks (Conv -> MaxPool(2x2, stride 1) -> Conv against Conv -> Conv, random
+  initialisation, several seeds) under random, line and inverse masking of Fashion-MNIST
+  T-shirts; also saves example images (``examples.npz``) for the report's figures.
+
+Rows go to ``folder/rows.jsonl`` (written atomically, once the cell is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from invariance import data, measure, models, pooling, transforms
+from invariance import train as train_lib
+from invariance.io import atomic_write_bytes, atomic_write_text, provenance
+
+__all__ = ["EXPERIMENTS", "PROTOCOL_FNS", "run_cell"]
+
+# Protocol name -> (function, how it is called).
+PROTOCOL_FNS = (
+    "shift_consistency",
+    "one_pixel_flip_rate",
+    "cifar_p_flip_rate",
+    "severity_curve",
+    "spatial_grid_accuracy",
+    "translation_sensitivity_map",
+)
+
+
+def _write_rows(folder: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows)
+    atomic_write_text(folder / "rows.jsonl", text)
+
+
+def _run_protocol(
+    spec: dict[str, Any],
+    apply_fn: Callable,
+    params: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    key: jax.Array,
+    chunk_size: int,
+) -> list[dict[str, Any]]:
+    spec = dict(spec)
+    name = spec.pop("fn")
+    if name not in PROTOCOL_FNS:
+        raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
+    fn = getattr(measure, name)
+    if name == "shift_consistency":
+        return fn(apply_fn, params, images, key=key, labels=labels, chunk_size=chunk_size, **spec)
+    if name in ("one_pixel_flip_rate", "cifar_p_flip_rate"):
+        return fn(apply_fn, params, images, labels=labels, chunk_size=chunk_size, **spec)
+    if name == "severity_curve":
+        return fn(apply_fn, params, images, labels, key=key, chunk_size=chunk_size, **spec)
+    if name == "spatial_grid_accuracy":
+        return fn(apply_fn, params, images, labels, chunk_size=chunk_size, **spec)
+    out = fn(apply_fn, params, images, chunk_size=chunk_size, **spec)  # sensitivity map
+    return out["rows"]
+
+
+def train_measure(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str, Any]]:
+    """Trains the cell's models, then measures every protocol for every seed (see module doc)."""
+    tcfg = ml_collections.ConfigDict(cfg.train.to_dict())
+    tcfg.workdir = str(folder / "train")
+    tcfg.progress = bool(cfg.get("progress", True))
+    t0 = time.perf_counter()
+    result = train_lib.train(tcfg)
+    wall = time.perf_counter() - t0
+    train_seconds = float(sum(h.get("seconds", 0.0) for h in result.history)) or wall
+    mcfg = cfg.measure
+    images, labels = data.load(tcfg.dataset, "test")
+    n = mcfg.eval_examples or len(images)
+    images, labels = images[:n], labels[:n]
+    apply_fn = train_lib.make_apply_fn(result.model)
+    num_seeds = int(tcfg.num_seeds)
+    test_acc = np.asarray(
+        train_lib.evaluate(result.model, result.variables, images, labels, batch_size=500)
+    ).reshape(num_seeds)
+    one = jax.tree_util.tree_map(lambda a: a[0], result.variables)
+    n_params = models.count_params(one["params"])
+    root = jax.random.key(int(mcfg.seed))
+    rows: list[dict[str, Any]] = []
+    protocols = [dict(p) for p in mcfg.protocols]
+    for s in range(num_seeds):
+        variables = jax.tree_util.tree_map(lambda a, s=s: a[s], result.variables)
+        base = {
+            "experiment": cfg.name,
+            "label": cfg.cell_name,
+            "model": tcfg.model,
+            "model_options": json.dumps(tcfg.model_options.to_dict(), sort_keys=True),
+            "dataset": tcfg.dataset,
+            "seed_index": int(tcfg.seed_offset) + s,
+            "test_accuracy": float(test_acc[s]),
+            "num_params": int(n_params),
+            "train_seconds": train_seconds,
+            "epochs": int(tcfg.num_epochs),
+            "train_examples": tcfg.train_examples,
+        }
+        rows.append({**base, "protocol": "accuracy", "accuracy": float(test_acc[s])})
+        for i, spec in enumerate(protocols):
+            key = jax.random.fold_in(jax.random.fold_in(root, s), i)
+            out = _run_protocol(spec, apply_fn, variables, images, labels, key, mcfg.chunk_size)
+            rows.extend({**base, **r} for r in out)
+    return rows
+
+
+def seed_figures(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str, Any]]:
+    """The seeds' masking experiments as numbers, plus example images (see module doc)."""
+    s = cfg.seed_figures
+    images, labels = data.load(cfg.dataset, "test")
+    shirts = images[labels == int(s.class_index)][: int(s.num_images)]
+    key = jax.random.key(int(s.seed))
+    rows: list[dict[str, Any]] = []
+    base = {"experiment": cfg.name, "label": cfg.cell_name, "dataset": cfg.dataset}
+    pool_options = {k: dict(v) for k, v in s.pool_options.to_dict().items()}
+    for i, t in enumerate(dict(t) for t in s.transforms):
+        transform, severity = t.pop("transform"), t.pop("severity")
+        k = jax.random.fold_in(key, i)
+        out = measure.pooling_stability(
+            shirts,
+            transform,
+            list(s.pool_kinds),
+            key=k,
+            severity=severity,
+            pool_options=pool_options,
+            **t,
+        )
+        rows.extend({**base, "network": "pooling alone", **r} for r in out)
+        for pool_kind in s.probe_pools:
+            for seed in range(int(s.probe_seeds)):
+                pool_kind = None if pool_kind in ("", "none") else pool_kind
+                model = models.create_model("probe", pool=pool_kind)
+                variables = models.init_model(model, jax.random.key(seed), (1, *shirts.shape[1:]))
+                features_fn = train_lib.make_features_fn(model)
+                out = measure.layer_stability(
+                    lambda p, x, f=features_fn: f(p, x)[1],
+                    variables,
+                    shirts,
+                    transform=transform,
+                    severity=severity,
+                    key=k,
+                    **t,
+                )
+                net = f"probe({pool_kind})" if pool_kind else "probe(no pool)"
+                rows.extend({**base, "network": net, "probe_seed": seed, **r} for r in out)
+    _save_examples(cfg, shirts[: int(s.num_examples)], folder)
+    return rows
+
+
+def _save_examples(cfg: ml_collections.ConfigDict, shirts: np.ndarray, folder: Path) -> None:
+    """Inputs under each example mask, max-pooled, and both Probes' outputs, for the figures."""
+    s = cfg.seed_figures
+    x = jnp.asarray(shirts, jnp.float32) / 255.0
+    key = jax.random.key(int(s.seed))
+    masked = {
+        "clean": x,
+        "random 0.3": transforms.random_mask(key, x, ratio=0.3),
+        "vertical": transforms.line_mask(x, orientation="vertical", period=4),
+        "horizontal": transforms.line_mask(x, orientation="horizontal", period=4),
+        "grid": transforms.line_mask(x, orientation="grid", period=4),
+        "inverse 0.1": transforms.random_mask(key, x, ratio=0.1, fill="max"),
+    }
+    arrays: dict[str, np.ndarray] = {"names": np.array(list(masked))}
+    arrays["input"] = np.stack([np.asarray(v[..., 0]) for v in masked.values()])
+    arrays["max_pool"] = np.stack(
+        [np.asarray(pooling.max_pool(v, 2)[..., 0]) for v in masked.values()]
+    )
+    for pool_kind, name in ((None, "probe_no_pool"), ("max", "probe_max")):
+        model = models.create_model("probe", pool=pool_kind)
+        variables = models.init_model(model, jax.random.key(0), (1, *x.shape[1:]))
+        outs = [np.asarray(model.apply(variables, v)).mean(-1) for v in masked.values()]
+        arrays[name] = np.stack(outs)
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(folder / "examples.npz", buf.getvalue())
+
+
+EXPERIMENTS: dict[str, Callable[[ml_collections.ConfigDict, Path], list[dict[str, Any]]]] = {
+    "train_measure": train_measure,
+    "seed_figures": seed_figures,
+}
+
+
+def run_cell(config: dict[str, Any], folder: str) -> None:
+    """Computes one sweep cell and writes ``rows.jsonl`` and ``provenance.json`` to ``folder``.
+
+    Args:
+        config: a resolved cell config as a plain dict (see :mod:`invariance.config`).
+        folder: the cell's folder (created if missing).
+    """
+    cfg = ml_collections.ConfigDict(config)
+    kind = cfg.get("experiment")
+    if kind not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {kind!r}: valid are {', '.join(EXPERIMENTS)}")
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    prov = provenance()
+    rows = EXPERIMENTS[kind](cfg, path)
+    stamp = {k: prov[k] for k in ("git_commit", "jax", "backend", "device", "device_count")}
+    _write_rows(
+        path,
+        [
+            {**r, "cell_config": cfg.get("name"), **{"prov_" + k: v for k, v in stamp.items()}}
+            for r in rows
+        ],
+    )
+    atomic_write_text(path / "provenance.json", json.dumps(prov, indent=2, sort_keys=True) + "\n")
+
+
+# Per-profile sizes shared by the train_measure configs: (dataset, train_examples, epochs,
+# num_seeds, widths, eval_examples).
+PROFILE_SIZES = {
+    "tiny": dict(
+        dataset="synthetic",
+        train_examples=256,
+        num_epochs=1,
+        num_seeds=2,
+        widths=(4, 8),
+        eval_examples=64,
+        batch_size=64,
+    ),
+    "quick": dict(
+        dataset="fashion_mnist",
+        train_examples=12000,
+        num_epochs=2,
+        num_seeds=3,
+        widths=(16, 32),
+        eval_examples=1000,
+        batch_size=128,
+    ),
+    "full": dict(
+        dataset="fashion_mnist",
+        train_examples=None,
+        num_epochs=10,
+        num_seeds=5,
+        widths=(32, 64),
+        eval_examples=None,
+        batch_size=128,
+    ),
+}
+
+
+def train_measure_config(name: str, profile: str) -> ml_collections.ConfigDict:
+    """The base of a ``train_measure`` config: SmallCNN(max) sized by ``profile``.
+
+    Args:
+        name: the config's name (``configs/NAME.py``).
+        profile: "tiny" (tests, synthetic data), "quick" (CPU minutes) or "full".
+
+    Returns:
+        A ConfigDict with ``name``, ``cell_name``, ``experiment``, ``profile``, ``progress``,
+        ``train`` (:func:`invariance.train.default_config` resized) and ``measure``
+        (``eval_examples``, ``chunk_size``, ``seed``, ``protocols``: a list of dicts, each with
+        ``fn``, a protocol name of :data:`PROTOCOL_FNS`, and its keyword options).
+    """
+    if profile not in PROFILE_SIZES:
+        raise ValueError(f"unknown profile {profile!r}: valid are {', '.join(PROFILE_SIZES)}")
+    size = PROFILE_SIZES[profile]
+    tcfg = train_lib.default_config()
+    tcfg.dataset = size["dataset"]
+    tcfg.train_examples = size["train_examples"]
+    tcfg.num_epochs = size["num_epochs"]
+    tcfg.num_seeds = size["num_seeds"]
+    tcfg.batch_size = size["batch_size"]
+    tcfg.model_options = ml_collections.ConfigDict({"pool": "max", "widths": size["widths"]})
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.cell_name = "max"
+    c.experiment = "train_measure"
+    c.profile = profile
+    c.progress = True
+    c.train = tcfg
+    c.measure = ml_collections.ConfigDict(
+        {"eval_examples": size["eval_examples"], "chunk_size": 500, "seed": 0, "protocols": []}
+    )
+    return c

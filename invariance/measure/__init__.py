@@ -1,0 +1,83 @@
+"""Measurement protocols: model x transform family x severity -> tidy rows.
+
+Each protocol follows the paper it names (PROTOCOLS.md, "Stability metrics") and returns rows
+that record how the number was made, so results are comparable with the literature and any
+number can be regenerated.
+
+Conventions
+-----------
+* **Models.** ``apply_fn(params, images) -> logits (n, K)`` for float32 images
+  ``(n, H, W, C)``; per-layer protocols take ``features_fn(params, images) -> {name: (n, ...)
+  array}`` instead (a Flax model exposes both with ``model.apply`` and e.g.
+  ``capture_intermediates`` / ``sow``). Both are plain functions: each protocol closes over
+  them in one ``jax.jit``-ed per-chunk function built per call (never cached globally).
+* **Images** ``(N, H, W, C)``: uint8 are scaled to float32 in [0, 1] (divided by 255) inside
+  the jitted step, floats are cast to float32. Shifts, fills and noise levels act on that
+  float scale.
+* **Chunks.** Images stream through in chunks of ``chunk_size`` (default 1000); every chunk
+  is padded to the same size so the step compiles once, and one call evaluates the chunk
+  under every transform of the protocol (a ``vmap`` over the transform parameters; grid
+  protocols accept ``transform_batch`` to bound memory with ``lax.map``). Per-image values
+  come back to the host and are averaged there in float64.
+* **Randomness.** Image ``i`` (its global index) uses ``jax.random.fold_in(key, i)``; the
+  key's data is logged as ``seed``. Protocols without randomness take no key
+  (``seed=None``).
+* **Chunking changes nothing** but rounding: every image gets the same draws and the same
+  transforms whatever ``chunk_size``, so counting columns (consistency, accuracy, flip
+  rates) are identical. Float columns (distances, probabilities) can differ in the last
+  float32 bits, because XLA rounds a reduction or a matmul differently for different batch
+  shapes (on the CPU even ``jnp.sum(x, -1)`` of one row depends on how many rows there are).
+* **Rows** are dicts of JSON-serialisable Python scalars and strings (``seed`` is a list of
+  ints). Every row has the keys of :data:`ROW_KEYS` -- ``protocol``, ``transform``,
+  ``severity``, ``mode`` ("circular" / "constant" for shifts), ``pairs`` (what is compared
+  with what), ``max_shift``, ``shift_range`` (``"lo..hi"``), ``seed``, ``n_images`` -- with
+  ``None`` where a field does not apply, followed by the protocol's metric columns. Always
+  report accuracy next to a stability figure: the output-level protocols carry it.
+* **Errors.** Bad options raise a one-line ``ValueError`` naming the valid choices.
+
+Protocols
+---------
+* :func:`shift_consistency` -- Zhang 2019 consistency under random shifts.
+* :func:`one_pixel_flip_rate` -- Azulay & Weiss 2019 P(top-1 change) and MAC.
+* :func:`cifar_p_flip_rate` -- Hendrycks & Dietterich 2019 flip probability.
+* :func:`spatial_grid_accuracy` -- Engstrom et al. 2019 grid and worst-case accuracy.
+* :func:`severity_curve` -- accuracy / consistency / logit change per severity.
+* :func:`occlusion_sensitivity_map` -- Zeiler & Fergus 2014 maps.
+* :func:`translation_sensitivity_map` -- Kauderer-Abrams 2017 maps and radial profiles.
+* :func:`layer_stability` -- per-layer feature distance under a transform.
+* :func:`equivariance_error` -- shift equivariance of a feature map.
+* :func:`pooling_stability` -- pooling operators alone, no model.
+"""
+
+from invariance.measure._core import DIRECTIONS, MODES, PAIRS, ROW_KEYS, TRANSFORMS
+from invariance.measure.corruptions import occlusion_sensitivity_map, severity_curve
+from invariance.measure.representations import (
+    equivariance_error,
+    layer_stability,
+    pooling_stability,
+    translation_sensitivity_map,
+)
+from invariance.measure.shifts import (
+    cifar_p_flip_rate,
+    one_pixel_flip_rate,
+    shift_consistency,
+    spatial_grid_accuracy,
+)
+
+__all__ = [
+    "DIRECTIONS",
+    "MODES",
+    "PAIRS",
+    "ROW_KEYS",
+    "TRANSFORMS",
+    "cifar_p_flip_rate",
+    "equivariance_error",
+    "layer_stability",
+    "occlusion_sensitivity_map",
+    "one_pixel_flip_rate",
+    "pooling_stability",
+    "severity_curve",
+    "shift_consistency",
+    "spatial_grid_accuracy",
+    "translation_sensitivity_map",
+]

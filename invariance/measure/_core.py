@@ -1,0 +1,481 @@
+"""Shared machinery of :mod:`invariance.measure`: checks, chunked streaming, rows, transforms.
+
+Private: the protocols in the sibling modules are the public face. Everything here is either a
+plain-Python check (one-line ``ValueError``) or a pure ``jnp`` helper used inside the jitted
+per-chunk computations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy import ndimage
+from tqdm.auto import tqdm
+
+from invariance import transforms as T
+
+#: Keys every row of every protocol carries (``None`` where a field does not apply).
+ROW_KEYS = (
+    "protocol",
+    "transform",
+    "severity",
+    "mode",
+    "pairs",
+    "max_shift",
+    "shift_range",
+    "seed",
+    "n_images",
+)
+
+#: Transform families of :func:`severity_curve`, :func:`layer_stability`, :func:`pooling_stability`.
+TRANSFORMS = (
+    "random_mask",
+    "line_mask",
+    "inverse_mask",
+    "occlusion",
+    "gaussian_noise",
+    "translate",
+    "rotate",
+)
+
+#: How :func:`shift_consistency` forms its pairs.
+PAIRS = ("two_shifted", "original_vs_shifted")
+
+#: Shift modes: ``jnp.roll`` wrap-around, or zero fill.
+MODES = T.TRANSLATE_MODES
+
+#: Shift directions of one-axis / diagonal translation protocols.
+DIRECTIONS = ("horizontal", "vertical", "diagonal")
+
+DEFAULT_CHUNK_SIZE = 1000
+
+# ----------------------------------------------------------------------------- checks
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one line, shortened: for one-line error messages."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def choice(name: str, value: Any, valid: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``valid``, else a one-line ValueError naming the choices."""
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{name} must be one of {list(valid)}, got {brief(value)}")
+    return value
+
+
+def as_int(name: str, value: Any) -> int:
+    """``int(value)`` for an integer (bools rejected), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {brief(value)}")
+    return int(value)
+
+
+def int_at_least(name: str, value: Any, low: int) -> int:
+    """``int(value)`` for an integer ``>= low`` (bools rejected), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {brief(value)}")
+    return int(value)
+
+
+def real_at_least(name: str, value: Any, low: float) -> float:
+    """``float(value)`` for a finite real ``>= low`` (bools rejected), else a ValueError."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not np.isfinite(value) or value < low:
+        raise ValueError(f"{name} must be a finite number >= {low}, got {brief(value)}")
+    return float(value)
+
+
+def check_images(images: Any) -> Any:
+    """Validates ``(N, H, W, C)`` uint8 or float images (N >= 1); returns them unconverted.
+
+    Conversion to float happens per chunk inside the jitted step (see :func:`to_float`), so a
+    large uint8 dataset is never copied as float32 in full.
+    """
+    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+        images = np.asarray(images)
+    if len(images.shape) != 4:
+        raise ValueError(f"images must have shape (N, H, W, C), got {tuple(images.shape)}")
+    if images.shape[0] < 1:
+        raise ValueError("images must hold at least one image, got N = 0")
+    dtype = np.dtype(images.dtype)
+    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"images must be uint8 (scaled by 1/255) or float, got dtype {dtype}")
+    return images
+
+
+def check_labels(labels: Any, n: int) -> np.ndarray:
+    """Integer labels of shape ``(n,)`` as a numpy array."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be integers of shape ({n},), got {labels.dtype} {labels.shape}"
+        )
+    return labels
+
+
+def check_fill(fill: Any, extra: tuple[str, ...] = T.FILLS) -> float | str:
+    """A finite number, or one of the named fills ``extra``."""
+    if isinstance(fill, str):
+        return choice("fill", fill, extra)
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Real) or not np.isfinite(fill):
+        raise ValueError(f"fill must be a finite number or one of {list(extra)}, got {brief(fill)}")
+    return float(fill)
+
+
+def seed_of(key: Any) -> list[int]:
+    """The key's raw data as a list of ints (logged in rows so any number can be regenerated)."""
+    ok = isinstance(key, jax.Array) and (
+        (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0)
+        or (key.dtype == jnp.uint32 and key.ndim == 1)  # a raw jax.random.PRNGKey
+    )
+    if not ok:
+        what = f"{key.dtype}{list(key.shape)}" if isinstance(key, jax.Array) else repr(key)
+        raise ValueError(f"key must be one jax PRNG key, e.g. jax.random.key(0), got {what}")
+    return np.asarray(jax.random.key_data(key)).ravel().tolist()
+
+
+def shift_pairs(name: str, shifts: Any) -> list[tuple[int, int]]:
+    """A non-empty sequence of integer ``(dy, dx)`` pairs."""
+    try:
+        out = [(int(dy), int(dx)) for dy, dx in shifts]
+        ok = all(float(a) == int(a) for pair in shifts for a in pair)
+    except (TypeError, ValueError):
+        out, ok = [], False
+    if not out or not ok:
+        raise ValueError(
+            f"{name} must be a non-empty sequence of integer (dy, dx) pairs, got {brief(shifts)}"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def py(value: Any) -> Any:
+    """A JSON-serialisable Python scalar (or list of them) from numpy / jax / Python values."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [py(v) for v in value]
+    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
+        value = np.asarray(value).item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"row values must be scalars or strings, got {type(value).__name__}")
+
+
+def make_row(protocol: str, *, n_images: int, **fields: Any) -> dict[str, Any]:
+    """A tidy row: every key of :data:`ROW_KEYS` (``None`` when absent), then ``fields``."""
+    row = dict.fromkeys(ROW_KEYS)
+    row["protocol"] = protocol
+    row["n_images"] = int(n_images)
+    for k, v in fields.items():
+        row[k] = py(v)
+    return row
+
+
+def num(value: Any) -> int | float:
+    """A number as a Python int when integral (3.0 -> 3), else a float: readable rows."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def shift_range(low: Any, high: Any) -> str:
+    """``"low..high"`` (inclusive), the shift-range column."""
+    return f"{num(low)}..{num(high)}"
+
+
+def mean(values: Any) -> float:
+    """Mean over every element in float64, as a Python float."""
+    return float(np.mean(np.asarray(values, np.float64)))
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def to_float(x: jax.Array) -> jax.Array:
+    """uint8 -> float32 in [0, 1] (divided by 255); any float -> float32."""
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) / 255.0
+    return x.astype(jnp.float32)
+
+
+def image_keys(key: jax.Array, index: jax.Array) -> jax.Array:
+    """One key per image: ``jax.random.fold_in(key, global_image_index)``."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+
+
+def map_over(fn: Callable, xs: Any, batch: int | None) -> Any:
+    """``vmap(fn)(xs)``, or ``lax.map`` in vmapped batches of ``batch`` to bound memory."""
+    length = jax.tree.leaves(xs)[0].shape[0]
+    if batch is None or batch >= length:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=batch)
+
+
+def stream(
+    step: Callable,
+    params: Any,
+    key: Any,
+    images: Any,
+    *extras: np.ndarray,
+    chunk_size: int,
+    progress: bool,
+    desc: str,
+) -> Any:
+    """Runs ``step(params, key, x, index, *extra_chunks)`` over chunks of the images.
+
+    Every chunk is padded to the same size (``min(chunk_size, N)``) so ``step`` compiles once;
+    ``index`` holds the global image indices (per-image randomness folds them into ``key``).
+    ``step`` returns a pytree of arrays whose leading axis is the image; the padded tail is
+    dropped and the chunks are concatenated on the host.
+    """
+    n = images.shape[0]
+    size = min(chunk_size, n)
+    starts = range(0, n, size)
+    parts = []
+    for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress):
+        stop = min(start + size, n)
+        arrays = [np.asarray(a[start:stop]) for a in (images, *extras)]
+        if stop - start < size:
+            arrays = [
+                np.concatenate([a, np.zeros((size - (stop - start), *a.shape[1:]), a.dtype)])
+                for a in arrays
+            ]
+        index = np.arange(start, start + size, dtype=np.int32)
+        out = step(params, key, arrays[0], index, *arrays[1:])
+        parts.append(jax.tree.map(lambda a, m=stop - start: np.asarray(a)[:m], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+
+
+def views_apply(fn: Callable, params: Any, views: jax.Array) -> Any:
+    """``fn(params, x)`` on views ``(n, V, H, W, C)`` -> outputs with axes ``(n, V, ...)``."""
+    return jax.vmap(lambda v: fn(params, v), in_axes=1, out_axes=1)(views)
+
+
+def check_representation(fn: Callable, params: Any, images: Any, layer: str | None) -> Callable:
+    """``rep(params, x)``: logits (``layer=None``) or ``fn(params, x)[layer]``, checked once.
+
+    Traces ``fn`` on one image with :func:`jax.eval_shape` (nothing is computed) and raises a
+    one-line ValueError when the output does not fit ``layer``.
+    """
+    probe = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)
+    out = jax.eval_shape(fn, params, probe)
+    if layer is None:
+        if isinstance(out, Mapping):
+            raise ValueError(
+                f"the function returns a dict of features {sorted(out)}: pass layer=NAME"
+            )
+        if not hasattr(out, "shape") or len(out.shape) < 2:
+            raise ValueError("with layer=None the function must return logits of shape (N, K)")
+        return fn
+    if not isinstance(out, Mapping) or layer not in out:
+        names = sorted(out) if isinstance(out, Mapping) else []
+        raise ValueError(
+            f"layer must be one of the features_fn outputs {names}, got {brief(layer)}"
+        )
+    return lambda p, x: fn(p, x)[layer]
+
+
+def feature_names(features_fn: Callable, params: Any, images: Any) -> list[str]:
+    """The names of ``features_fn``'s output dict (sorted), checked with eval_shape."""
+    probe = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)
+    out = jax.eval_shape(features_fn, params, probe)
+    if not isinstance(out, Mapping) or not out:
+        raise ValueError("features_fn must return a non-empty dict {layer name: (N, ...) array}")
+    return sorted(out)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+_TRANSFORM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "random_mask": {},
+    "line_mask": {
+        "orientation": "vertical",
+        "vary": "period",
+        "period": 4,
+        "width": 1,
+        "offset": 0,
+    },
+    "inverse_mask": {},
+    "occlusion": {"position": "center"},
+    "gaussian_noise": {},
+    "translate": {"direction": "horizontal", "mode": "circular"},
+    "rotate": {},
+}
+_USES_FILL = ("random_mask", "line_mask", "occlusion", "rotate")
+_LINE_VARY = ("period", "width")
+_POSITIONS = ("center", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A resolved transform family: ``fn(key, image (H, W, C), severity) -> image``."""
+
+    name: str
+    fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    columns: dict[str, Any]  # fill and options, recorded in every row
+    mode: str | None
+    integer: bool  # severities are whole numbers
+
+    def check_severities(self, severities: Any) -> tuple[np.ndarray, list[int | float]]:
+        """Range-checks 1-D severities for this family.
+
+        Returns:
+          ``(values, for_rows)``: int32 or float32 values for the device, and the same
+          severities as Python numbers, as given (no float32 rounding), for the rows.
+        """
+        s = np.asarray(severities, dtype=np.float64)
+        if s.ndim == 0:
+            s = s[None]
+        if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)):
+            raise ValueError(
+                f"severities must be a non-empty 1-D list of numbers, got {brief(severities)}"
+            )
+        name, vary = self.name, self.columns.get("vary")
+        low = {"random_mask": 0.0, "inverse_mask": 0.0, "gaussian_noise": 0.0, "occlusion": 0.0}
+        low["line_mask"] = 1.0 if vary == "period" else 0.0
+        if name in low and np.any(s < low[name]):
+            raise ValueError(f"{name} severities must be >= {low[name]:g}, got {s.tolist()}")
+        if name in ("random_mask", "inverse_mask") and np.any(s > 1):
+            raise ValueError(f"{name} severities are ratios in [0, 1], got {s.tolist()}")
+        if self.integer:
+            if np.any(s != np.round(s)):
+                raise ValueError(f"{name} severities must be whole numbers, got {s.tolist()}")
+            return s.astype(np.int32), [int(v) for v in s]
+        return s.astype(np.float32), [float(v) for v in s]
+
+
+def resolve_transform(name: str, fill: Any, options: Mapping[str, Any]) -> Transform:
+    """Checks a transform family name, its fill and options; returns a :class:`Transform`.
+
+    Options (defaults in brackets): line_mask: ``orientation`` ["vertical"] (or "horizontal",
+    "grid"), ``vary`` ["period"] (which of period / width the severity sets), ``period`` [4],
+    ``width`` [1], ``offset`` [0]. occlusion: ``position`` ["center"] or "random". translate:
+    ``direction`` ["horizontal"] (or "vertical", "diagonal"), ``mode`` ["circular"].
+    """
+    choice("transform", name, TRANSFORMS)
+    defaults = _TRANSFORM_DEFAULTS[name]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for transform {name!r}: valid are {sorted(defaults)}"
+        )
+    opts = {**defaults, **options}
+    if name in _USES_FILL:
+        fill = check_fill(fill)
+    elif name == "inverse_mask":
+        fill = "max"
+    else:
+        fill = None
+    mode = None
+    integer = name in ("occlusion", "translate")
+    if name == "line_mask":
+        choice("orientation", opts["orientation"], T.ORIENTATIONS)
+        choice("vary", opts["vary"], _LINE_VARY)
+        int_at_least("period", opts["period"], 1)
+        int_at_least("width", opts["width"], 0)
+        as_int("offset", opts["offset"])
+        integer = True
+    elif name == "occlusion":
+        choice("position", opts["position"], _POSITIONS)
+    elif name == "translate":
+        choice("direction", opts["direction"], DIRECTIONS)
+        mode = choice("mode", opts["mode"], MODES)
+        opts = {"direction": opts["direction"]}
+    fn = _transform_fn(name, fill, opts, mode)
+    columns = {"fill": fill, **opts}
+    if name == "line_mask":
+        columns[opts["vary"]] = None  # the severity column holds it
+    return Transform(name, fn, columns, mode, integer)
+
+
+def direction_offsets(direction: str, d: Any) -> tuple[Any, Any]:
+    """``(dy, dx)`` for a shift of ``d`` pixels along ``direction``."""
+    zero = jnp.zeros_like(d)
+    return {"horizontal": (zero, d), "vertical": (d, zero), "diagonal": (d, d)}[direction]
+
+
+def _transform_fn(name: str, fill: Any, opts: dict[str, Any], mode: str | None) -> Callable:
+    def apply(key: jax.Array, image: jax.Array, s: jax.Array) -> jax.Array:
+        if name == "random_mask" or name == "inverse_mask":
+            return T.random_mask(key, image, ratio=s, fill=fill)
+        if name == "line_mask":
+            period, width = (s, opts["width"]) if opts["vary"] == "period" else (opts["period"], s)
+            return T.line_mask(
+                image,
+                orientation=opts["orientation"],
+                period=period,
+                width=width,
+                offset=opts["offset"],
+                fill=fill,
+            )
+        if name == "occlusion":
+            h, w = image.shape[-3], image.shape[-2]
+            if opts["position"] == "center":
+                top, left = (h - s) // 2, (w - s) // 2
+            else:  # uniform over the positions that keep the square inside the image
+                u = jax.random.uniform(key, (2,))
+                top = jnp.floor(u[0] * (h - s + 1)).astype(jnp.int32)
+                left = jnp.floor(u[1] * (w - s + 1)).astype(jnp.int32)
+            return T.occlude(image, top=top, left=left, height=s, width=s, fill=fill)
+        if name == "gaussian_noise":
+            return T.gaussian_noise(key, image, sigma=s)
+        if name == "translate":
+            dy, dx = direction_offsets(opts["direction"], s)
+            return T.translate(image, dy=dy, dx=dx, mode=mode)
+        return T.rotate(image, degrees=s, fill=fill)
+
+    return apply
+
+
+def rotate_translate(image: jax.Array, *, dy: Any, dx: Any, degrees: Any) -> jax.Array:
+    """Rotates about the centre, then translates (sub-pixel allowed); bilinear, zero padding.
+
+    Engstrom et al. 2019 (MadryLab/adversarial_spatial) rotate then translate with bilinear
+    interpolation on a zero-padded canvas. Conventions as :func:`invariance.transforms.rotate`
+    and :func:`~invariance.transforms.translate`: positive ``degrees`` turn the content
+    counter-clockwise as displayed, positive ``dy`` / ``dx`` move it down / right. Output pixel
+    ``p`` samples the input at ``R^-1 (p - t)`` about the centre ``((H-1)/2, (W-1)/2)``; each
+    of the four bilinear neighbours outside the image reads 0 (``map_coordinates`` with
+    ``mode="constant"``), so at ``degrees = 0`` and integer shifts this is exactly
+    ``translate(..., mode="constant")``.
+
+    Args:
+      image: ``(H, W, C)`` float.
+      dy: row shift in pixels (float, may be traced).
+      dx: column shift in pixels (float, may be traced).
+      degrees: rotation angle (may be traced).
+
+    Returns:
+      ``(H, W, C)``, the dtype of ``image``.
+    """
+    h, w = image.shape[-3], image.shape[-2]
+    theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    y = jnp.arange(h, dtype=jnp.float32)[:, None] - (h - 1) / 2 - jnp.asarray(dy, jnp.float32)
+    x = jnp.arange(w, dtype=jnp.float32)[None, :] - (w - 1) / 2 - jnp.asarray(dx, jnp.float32)
+    src_y = cos * y + sin * x + (h - 1) / 2
+    src_x = -sin * y + cos * x + (w - 1) / 2
+    src_y, src_x = jnp.broadcast_arrays(src_y, src_x)
+
+    def one_channel(ch: jax.Array) -> jax.Array:
+        return ndimage.map_coordinates(ch, [src_y, src_x], order=1, mode="constant", cval=0.0)
+
+    out = jax.vmap(one_channel, in_axes=-1, out_axes=-1)(image)
+    return out.astype(image.dtype)

@@ -1,0 +1,251 @@
+"""Output stability under masking, occlusion, noise, shifts and rotations of growing severity.
+
+Severity curves for the seed's masking claims, and Zeiler & Fergus occlusion-sensitivity maps.
+See :mod:`invariance.measure` for the row schema and the shared conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from invariance import metrics
+from invariance import transforms as T
+from invariance.measure import _core as C
+
+__all__ = ["occlusion_sensitivity_map", "severity_curve"]
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def _argmax(logits: jax.Array) -> jax.Array:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def severity_curve(
+    apply_fn: ApplyFn,
+    params: Any,
+    images: Any,
+    labels: Any,
+    *,
+    transform: str,
+    severities: Sequence[float],
+    key: jax.Array,
+    fill: float | str = 0.0,
+    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    progress: bool = False,
+    **transform_options: Any,
+) -> list[dict[str, Any]]:
+    """Accuracy, consistency with the clean input and relative logit change, per severity.
+
+    For each severity ``s``: ``accuracy`` of ``f(T_s x)``; ``consistency`` =
+    ``P[argmax f(T_s x) = argmax f(x)]`` (Zhang 2019's agreement, against the clean input);
+    ``relative_l2`` = mean over images of ``||f(x) - f(T_s x)|| / ||f(x)||`` on the logits
+    (Kauderer-Abrams 2017). One jitted call per chunk evaluates every severity (a vmap over
+    the severities). The seed's claims 1, 2 and 4 (masking, line masks, inverse masking).
+
+    Transform families (:data:`TRANSFORMS`) and what the severity sets:
+
+    * ``"random_mask"``: the masked ratio in [0, 1] (:func:`transforms.random_mask`, ``fill``).
+    * ``"inverse_mask"``: the ratio, pixels set to each image's maximum (``fill`` ignored).
+    * ``"line_mask"``: the ``period`` (``vary="period"``, default; ``width`` option, default 1)
+      or the line ``width`` (``vary="width"``; ``period`` option, default 4); options
+      ``orientation`` ("vertical" default, "horizontal", "grid") and ``offset`` (0).
+    * ``"occlusion"``: the side of a square set to ``fill``; ``position="center"`` (default:
+      top-left at ``((H - s) // 2, (W - s) // 2)``) or ``"random"`` (top-left uniform over the
+      positions keeping the square inside, from the image's key).
+    * ``"gaussian_noise"``: sigma (no clipping).
+    * ``"translate"``: the shift in pixels; ``direction`` ("horizontal" default, "vertical",
+      "diagonal") and ``mode`` ("circular" default, "constant").
+    * ``"rotate"``: degrees, bilinear, ``fill`` outside.
+
+    Randomness: image ``i`` uses ``fold_in(key, i)`` at every severity (common random numbers),
+    so random masks are nested (the 0.2 mask contains the 0.1 mask) and noise directions are
+    shared across sigmas: the curve varies the severity alone.
+
+    Args:
+      apply_fn: ``apply_fn(params, images (n, H, W, C) float32) -> logits (n, K)``.
+      params: the model parameters.
+      images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
+      labels: ``(N,)`` ints.
+      transform: one of :data:`TRANSFORMS`.
+      severities: 1-D numbers (whole numbers for line_mask, occlusion, translate).
+      key: PRNG key (logged as ``seed``; unused by deterministic families).
+      fill: a number, or ``"max"`` / ``"min"`` (each image's extreme), for the families that
+        fill.
+      chunk_size: images per jitted call.
+      progress: show a tqdm bar over chunks.
+      **transform_options: the family's options above.
+
+    Returns:
+      One row per severity: common keys plus ``accuracy``, ``clean_accuracy``,
+      ``consistency``, ``relative_l2``, ``fill`` and the family's options.
+    """
+    images = C.check_images(images)
+    n = images.shape[0]
+    labels = C.check_labels(labels, n)
+    seed = C.seed_of(key)
+    tr = C.resolve_transform(transform, fill, transform_options)
+    sev_np, sev_rows = tr.check_severities(severities)
+    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    sev = jnp.asarray(sev_np)
+
+    @jax.jit
+    def step(params, key, x, index):
+        x = C.to_float(x)
+        keys = C.image_keys(key, index)
+        views = jax.vmap(lambda s: jax.vmap(lambda k, im: tr.fn(k, im, s))(keys, x))(sev)
+        logits = C.views_apply(apply_fn, params, jnp.moveaxis(views, 0, 1))  # (n, S, K)
+        clean = apply_fn(params, x)
+        return {
+            "clean": _argmax(clean),
+            "pred": _argmax(logits),
+            "agree": jax.vmap(jax.vmap(metrics.consistency, in_axes=(None, 0)))(clean, logits),
+            "rel": jax.vmap(metrics.relative_l2, in_axes=(None, 1), out_axes=1)(clean, logits),
+        }
+
+    out = C.stream(
+        step, params, key, images, chunk_size=chunk_size, progress=progress, desc=transform
+    )
+    clean_accuracy = C.mean(out["clean"] == labels)
+    return [
+        C.make_row(
+            "severity_curve",
+            n_images=n,
+            transform=transform,
+            severity=s,
+            mode=tr.mode,
+            pairs="original_vs_transformed",
+            seed=seed,
+            accuracy=C.mean(out["pred"][:, j] == labels),
+            clean_accuracy=clean_accuracy,
+            consistency=C.mean(out["agree"][:, j]),
+            relative_l2=C.mean(out["rel"][:, j]),
+            **tr.columns,
+        )
+        for j, s in enumerate(sev_rows)
+    ]
+
+
+def occlusion_sensitivity_map(
+    apply_fn: ApplyFn,
+    params: Any,
+    images: Any,
+    labels: Any,
+    *,
+    size: int = 8,
+    stride: int = 2,
+    fill: float | str = 0.5,
+    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    transform_batch: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Occlusion sensitivity of Zeiler & Fergus 2014, "Visualizing and Understanding
+    Convolutional Networks": slide a grey square, record p(true class) and the top class.
+
+    The square (``size x size``) takes every position inside the image on a ``stride`` grid:
+    top-left rows ``0, stride, ..., <= H - size`` (``Hp`` of them) and the same for columns
+    (``Wp``). ``p(true) = softmax(f(x_occluded))[label]``.
+
+    Args:
+      apply_fn: ``apply_fn(params, images (n, H, W, C) float32) -> logits (n, K)``.
+      params: the model parameters.
+      images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
+      labels: ``(N,)`` ints.
+      size: side of the square, ``1 <= size <= min(H, W)``.
+      stride: step between positions, ``>= 1``.
+      fill: grey level (on the float [0, 1] scale for uint8 input), or ``"mean"``: each
+        image's own mean over ``(H, W, C)``.
+      chunk_size: images per jitted call.
+      transform_batch: positions evaluated at once (``lax.map`` in vmapped batches; ``None``
+        = all at once).
+      progress: show a tqdm bar over chunks.
+
+    Returns:
+      A dict: ``"p_true"`` ``(N, Hp, Wp)`` float32, ``"top_class"`` ``(N, Hp, Wp)`` int32,
+      ``"clean_p_true"`` ``(N,)``, ``"tops"`` ``(Hp,)`` and ``"lefts"`` ``(Wp,)`` (the
+      square's top-left corners), and ``"rows"``: one summary row with ``clean_accuracy``,
+      ``accuracy`` (under occlusion, over images and positions), ``mean_p_true_clean``,
+      ``mean_p_true``, ``mean_drop`` (mean of clean minus occluded p(true)), ``max_drop``
+      (mean over images of the largest drop), ``top_class_change`` (fraction of positions
+      whose top class differs from the clean one), ``size``, ``stride``, ``fill``,
+      ``n_positions``.
+    """
+    images = C.check_images(images)
+    n, h, w = images.shape[:3]
+    labels = C.check_labels(labels, n)
+    size = C.int_at_least("size", size, 1)
+    if size > min(h, w):
+        raise ValueError(f"size must be <= min(H, W) = {min(h, w)}, got {size}")
+    stride = C.int_at_least("stride", stride, 1)
+    fill = C.check_fill(fill, ("mean",))
+    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    if transform_batch is not None:
+        transform_batch = C.int_at_least("transform_batch", transform_batch, 1)
+    tops, lefts = np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
+    corners = np.stack(np.meshgrid(tops, lefts, indexing="ij"), -1).reshape(-1, 2)
+    corners_j = jnp.asarray(corners, jnp.int32)
+
+    def p_and_top(logits, y):
+        p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), y[:, None], axis=-1)[:, 0]
+        return p, _argmax(logits)
+
+    @jax.jit
+    def step(params, key, x, index, y):
+        x = C.to_float(x)
+        f = jnp.mean(x, axis=(1, 2, 3)) if fill == "mean" else jnp.full(x.shape[:1], fill)
+
+        def at(corner):
+            occ = jax.vmap(
+                lambda im, v: T.occlude(
+                    im, top=corner[0], left=corner[1], height=size, width=size, fill=v
+                )
+            )(x, f)
+            return p_and_top(apply_fn(params, occ), y)
+
+        p, top = C.map_over(at, corners_j, transform_batch)  # (P, n) each
+        p0, top0 = p_and_top(apply_fn(params, x), y)
+        return {"p": p.T, "top": top.T, "p0": p0, "top0": top0}
+
+    out = C.stream(
+        step,
+        params,
+        None,
+        images,
+        labels.astype(np.int32),
+        chunk_size=chunk_size,
+        progress=progress,
+        desc="occlusion",
+    )
+    drop = out["p0"][:, None].astype(np.float64) - out["p"]
+    row = C.make_row(
+        "occlusion_sensitivity",
+        n_images=n,
+        transform="occlusion",
+        severity=size,
+        pairs="original_vs_occluded",
+        clean_accuracy=C.mean(out["top0"] == labels),
+        accuracy=C.mean(out["top"] == labels[:, None]),
+        mean_p_true_clean=C.mean(out["p0"]),
+        mean_p_true=C.mean(out["p"]),
+        mean_drop=C.mean(drop),
+        max_drop=C.mean(np.max(drop, axis=1)),
+        top_class_change=C.mean(out["top"] != out["top0"][:, None]),
+        size=size,
+        stride=stride,
+        fill=fill,
+        n_positions=len(corners),
+    )
+    shape = (n, len(tops), len(lefts))
+    return {
+        "p_true": out["p"].reshape(shape),
+        "top_class": out["top"].reshape(shape),
+        "clean_p_true": out["p0"],
+        "tops": tops,
+        "lefts": lefts,
+        "rows": [row],
+    }

@@ -1,0 +1,459 @@
+"""Stability of representations: sensitivity maps, per-layer distances, equivariance, pooling.
+
+These protocols compare feature vectors rather than top-1 classes. A ``features_fn(params,
+images) -> {layer name: (N, ...) array}`` exposes the layers; each example's features are
+flattened before a distance is taken. See :mod:`invariance.measure` for the row schema.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from invariance import metrics, pooling
+from invariance import transforms as T
+from invariance.measure import _core as C
+
+__all__ = [
+    "equivariance_error",
+    "layer_stability",
+    "pooling_stability",
+    "translation_sensitivity_map",
+]
+
+FeaturesFn = Callable[[Any, jax.Array], Mapping[str, jax.Array]]
+
+
+def _distances(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-example (relative_l2(a, b), cosine_similarity(a, b)), each ``(n,)``."""
+    return metrics.relative_l2(a, b), metrics.cosine_similarity(a, b)
+
+
+def translation_sensitivity_map(
+    fn: Callable[[Any, jax.Array], Any],
+    params: Any,
+    images: Any,
+    *,
+    max_shift: int,
+    layer: str | None = None,
+    mode: str = "circular",
+    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    transform_batch: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Translation-sensitivity map of Kauderer-Abrams 2017, "Quantifying Translation-Invariance
+    in Convolutional Neural Networks", with cosine similarity (Myburgh et al. 2021).
+
+    For every ``(dy, dx)`` in ``-max_shift..max_shift`` squared: the mean over images of the
+    normalised Euclidean distance ``||r(x) - r(S x)|| / ||r(x)||`` (:func:`metrics.relative_l2`)
+    and of the cosine similarity between ``r(x)`` and ``r(S x)``; the radial profile averages
+    each map over rings of equal ``round(|d|)`` (:func:`metrics.radial_profile`). A
+    representation that is zero on an image makes its distance ``inf`` (metrics' convention).
+
+    Args:
+      fn: with ``layer=None`` an ``apply_fn(params, images) -> logits (n, K)``; with a layer
+        name a ``features_fn(params, images) -> dict`` and ``r = fn(params, x)[layer]``.
+      params: the model parameters.
+      images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
+      max_shift: ``s >= 0``; the map is ``(2s + 1, 2s + 1)``.
+      layer: None (logits) or a key of ``features_fn``'s output.
+      mode: ``"circular"`` or ``"constant"`` shifts.
+      chunk_size: images per jitted call.
+      transform_batch: shifts evaluated at once (``lax.map`` in vmapped batches; ``None`` =
+        all ``(2s + 1)^2`` at once).
+      progress: show a tqdm bar over chunks.
+
+    Returns:
+      A dict: ``"shifts"`` ``(2s+1,)`` (the offsets along each axis), ``"map"`` and
+      ``"cosine_map"`` ``(2s+1, 2s+1)`` float64 with entry ``[dy + s, dx + s]``, ``"radii"``
+      ``(R,)`` int, ``"profile"`` and ``"cosine_profile"`` ``(R,)``, and ``"rows"``: one per
+      grid cell (``aggregate="cell"``: ``dy``, ``dx``, ``ring``, ``relative_l2``, ``cosine``)
+      then one per ring (``aggregate="ring"``: ``ring``, ``relative_l2``, ``cosine``), each
+      with ``layer`` (``"logits"`` for ``layer=None``).
+    """
+    images = C.check_images(images)
+    n = images.shape[0]
+    s = C.int_at_least("max_shift", max_shift, 0)
+    C.choice("mode", mode, C.MODES)
+    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    if transform_batch is not None:
+        transform_batch = C.int_at_least("transform_batch", transform_batch, 1)
+    if layer is not None and not isinstance(layer, str):
+        raise ValueError(f"layer must be None or a layer name (str), got {C.brief(layer)}")
+    rep = C.check_representation(fn, params, images, layer)
+    shifts = np.arange(-s, s + 1)
+    grid = np.stack(np.meshgrid(shifts, shifts, indexing="ij"), -1).reshape(-1, 2)
+    grid_j = jnp.asarray(grid, jnp.int32)
+
+    @jax.jit
+    def step(params, key, x, index):
+        x = C.to_float(x)
+        r0 = rep(params, x)
+
+        def under(d):
+            return _distances(r0, rep(params, T.translate(x, dy=d[0], dx=d[1], mode=mode)))
+
+        dist, cos = C.map_over(under, grid_j, transform_batch)  # (G, n)
+        return {"dist": dist.T, "cos": cos.T}
+
+    out = C.stream(step, params, None, images, chunk_size=chunk_size, progress=progress, desc="tsm")
+    side = 2 * s + 1
+    dist_map = np.mean(out["dist"].astype(np.float64), axis=0).reshape(side, side)
+    cos_map = np.mean(out["cos"].astype(np.float64), axis=0).reshape(side, side)
+    radii, profile = metrics.radial_profile(jnp.asarray(np.stack([dist_map, cos_map])))
+    radii, profile = np.asarray(radii), np.asarray(profile, np.float64)
+    common = dict(
+        transform="translate",
+        mode=mode,
+        pairs="original_vs_shifted",
+        max_shift=s,
+        shift_range=C.shift_range(-s, s),
+        layer="logits" if layer is None else layer,
+    )
+    rows = [
+        C.make_row(
+            "translation_sensitivity",
+            n_images=n,
+            aggregate="cell",
+            dy=int(dy),
+            dx=int(dx),
+            ring=int(np.rint(np.hypot(dy, dx))),
+            relative_l2=dist_map[dy + s, dx + s],
+            cosine=cos_map[dy + s, dx + s],
+            **common,
+        )
+        for dy, dx in grid
+    ]
+    rows += [
+        C.make_row(
+            "translation_sensitivity",
+            n_images=n,
+            aggregate="ring",
+            ring=int(r),
+            relative_l2=profile[0, j],
+            cosine=profile[1, j],
+            **common,
+        )
+        for j, r in enumerate(radii)
+    ]
+    return {
+        "shifts": shifts,
+        "map": dist_map,
+        "cosine_map": cos_map,
+        "radii": radii,
+        "profile": profile[0],
+        "cosine_profile": profile[1],
+        "rows": rows,
+    }
+
+
+def _check_layers(names: list[str], layers: Sequence[str] | None) -> list[str]:
+    if layers is None:
+        return names
+    if isinstance(layers, str) or not layers or any(la not in names for la in layers):
+        raise ValueError(
+            f"layers must be a non-empty list of names from {names}, got {C.brief(layers)}"
+        )
+    return list(layers)
+
+
+def layer_stability(
+    features_fn: FeaturesFn,
+    params: Any,
+    images: Any,
+    *,
+    transform: str,
+    severity: float,
+    key: jax.Array,
+    layers: Sequence[str] | None = None,
+    fill: float | str = 0.0,
+    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    progress: bool = False,
+    **transform_options: Any,
+) -> list[dict[str, Any]]:
+    """Per-layer distance between the features of clean and transformed images.
+
+    The seed's claim 3: a Conv -> MaxPool -> Conv network filters masking noise that a
+    Conv -> Conv network carries forward. For each layer, the mean over images of
+    ``relative_l2(F(x), F(T x))`` and of the cosine similarity, next to the same distance on
+    the input itself (``input_relative_l2``), so a layer that filters the noise shows a ratio
+    below the input's. Transform families, options and per-image keys as
+    :func:`severity_curve` (image ``i`` uses ``fold_in(key, i)``).
+
+    Args:
+      features_fn: ``features_fn(params, images (n, H, W, C)) -> {name: (n, ...) array}``.
+      params: the model parameters.
+      images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
+      transform: one of :data:`TRANSFORMS`.
+      severity: one severity (a number).
+      key: PRNG key (logged as ``seed``).
+      layers: names to report, in this order; default every output, sorted by name.
+      fill: as :func:`severity_curve`.
+      chunk_size: images per jitted call.
+      progress: show a tqdm bar over chunks.
+      **transform_options: the family's options (see :func:`severity_curve`).
+
+    Returns:
+      One row per layer: common keys plus ``layer``, ``relative_l2``, ``cosine``,
+      ``input_relative_l2``, ``input_cosine``, ``fill`` and the family's options.
+    """
+    images = C.check_images(images)
+    n = images.shape[0]
+    seed = C.seed_of(key)
+    tr = C.resolve_transform(transform, fill, transform_options)
+    if np.ndim(severity) != 0:
+        raise ValueError(f"severity must be a single number, got {C.brief(severity)}")
+    sev_np, (sev_row,) = tr.check_severities(severity)
+    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    names = _check_layers(C.feature_names(features_fn, params, images), layers)
+    sev = jnp.asarray(sev_np[0])
+
+    @jax.jit
+    def step(params, key, x, index):
+        x = C.to_float(x)
+        xt = jax.vmap(lambda k, im: tr.fn(k, im, sev))(C.image_keys(key, index), x)
+        f0, ft = features_fn(params, x), features_fn(params, xt)
+        out = {name: _distances(f0[name], ft[name]) for name in names}
+        out["<input>"] = _distances(x, xt)
+        return out
+
+    out = C.stream(
+        step, params, key, images, chunk_size=chunk_size, progress=progress, desc="layers"
+    )
+    in_dist, in_cos = out["<input>"]
+    return [
+        C.make_row(
+            "layer_stability",
+            n_images=n,
+            transform=transform,
+            severity=sev_row,
+            mode=tr.mode,
+            pairs="original_vs_transformed",
+            seed=seed,
+            layer=name,
+            relative_l2=C.mean(out[name][0]),
+            cosine=C.mean(out[name][1]),
+            input_relative_l2=C.mean(in_dist),
+            input_cosine=C.mean(in_cos),
+            **tr.columns,
+        )
+        for name in names
+    ]
+
+
+def equivariance_error(
+    features_fn: FeaturesFn,
+    params: Any,
+    images: Any,
+    *,
+    layer: str,
+    total_stride: int,
+    shifts: Sequence[tuple[int, int]],
+    mode: str = "circular",
+    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Shift-equivariance error of a feature map: does shifting the input shift the features?
+
+    For each input shift ``d = (dy, dx)``, the mean over images of
+    ``relative_l2(S_{d / stride} F(x), F(S_d x))`` (the reference is the shifted feature map of
+    the clean input) and the cosine similarity, with both shifts in ``mode``. A stack of
+    circular stride-1 convolutions gives 0 for circular shifts; strided subsampling breaks
+    equivariance for shifts that are not multiples of its stride (Zhang 2019; Azulay & Weiss
+    2019), which is why every shift must be divisible by the layer's ``total_stride``.
+
+    Args:
+      features_fn: ``features_fn(params, images) -> {name: (n, h, w, c) array}``.
+      params: the model parameters.
+      images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
+      layer: the feature map to test (rank 4: ``(n, h, w, c)``).
+      total_stride: product of the strides up to that layer (``>= 1``).
+      shifts: integer ``(dy, dx)`` pairs, each component divisible by ``total_stride``.
+      mode: ``"circular"`` or ``"constant"``.
+      chunk_size: images per jitted call.
+      progress: show a tqdm bar over chunks.
+
+    Returns:
+      One row per shift: common keys plus ``layer``, ``dy``, ``dx``, ``feature_dy``,
+      ``feature_dx``, ``total_stride``, ``relative_l2``, ``cosine``.
+
+    Raises:
+      ValueError: a shift not divisible by ``total_stride`` (and the usual bad options).
+    """
+    images = C.check_images(images)
+    n = images.shape[0]
+    stride = C.int_at_least("total_stride", total_stride, 1)
+    pairs = C.shift_pairs("shifts", shifts)
+    bad = [p for p in pairs if p[0] % stride or p[1] % stride]
+    if bad:
+        raise ValueError(f"shifts {bad} are not divisible by total_stride={stride}")
+    C.choice("mode", mode, C.MODES)
+    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    if not isinstance(layer, str):
+        raise ValueError(f"layer must be a layer name (str), got {C.brief(layer)}")
+    rep = C.check_representation(features_fn, params, images, layer)
+    probe = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)
+    if len(jax.eval_shape(rep, params, probe).shape) != 4:
+        raise ValueError(f"layer {C.brief(layer)} must be a feature map (n, h, w, c)")
+    d_in = jnp.asarray(pairs, jnp.int32)
+    d_feat = d_in // stride
+
+    @jax.jit
+    def step(params, key, x, index):
+        x = C.to_float(x)
+        f0 = rep(params, x)
+
+        def under(d, df):
+            expected = T.translate(f0, dy=df[0], dx=df[1], mode=mode)
+            actual = rep(params, T.translate(x, dy=d[0], dx=d[1], mode=mode))
+            return _distances(expected, actual)
+
+        dist, cos = jax.vmap(under)(d_in, d_feat)  # (S, n)
+        return {"dist": dist.T, "cos": cos.T}
+
+    out = C.stream(
+        step, params, None, images, chunk_size=chunk_size, progress=progress, desc="equivariance"
+    )
+    s = max(max(abs(a), abs(b)) for a, b in pairs)
+    return [
+        C.make_row(
+            "equivariance_error",
+            n_images=n,
+            transform="translate",
+            severity=None,
+            mode=mode,
+            pairs="shifted_features_vs_features_of_shifted",
+            max_shift=s,
+            layer=layer,
+            dy=dy,
+            dx=dx,
+            feature_dy=dy // stride,
+            feature_dx=dx // stride,
+            total_stride=stride,
+            relative_l2=C.mean(out["dist"][:, j]),
+            cosine=C.mean(out["cos"][:, j]),
+        )
+        for j, (dy, dx) in enumerate(pairs)
+    ]
+
+
+_WINDOWED = {"window": 2}
+_POOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "max": _WINDOWED,
+    "min": _WINDOWED,
+    "avg": _WINDOWED,
+    "lp": {"p": 2.0, **_WINDOWED},
+    "stochastic": {"train": False, **_WINDOWED},
+    "mixed": {"alpha": 0.5, **_WINDOWED},
+}
+
+
+def pooling_stability(
+    images: Any,
+    transform: str,
+    kinds: Sequence[str],
+    *,
+    key: jax.Array,
+    severity: float,
+    pool_options: Mapping[str, Mapping[str, Any]] | None = None,
+    fill: float | str = 0.0,
+    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    progress: bool = False,
+    **transform_options: Any,
+) -> list[dict[str, Any]]:
+    """Pooling alone, no model: how far does ``pool(T x)`` move from ``pool(x)``?
+
+    The seed's first experiments as numbers: for each pooling kind the mean over images of
+    ``relative_l2(pool(x), pool(T x))`` and the cosine similarity, next to the same distance
+    without pooling (``input_relative_l2``; the ``"identity"`` reference row). Transform
+    families, options and per-image keys as :func:`severity_curve`.
+
+    Pool options: windowed kinds default to ``window=2`` (stride = window), ``"lp"`` to
+    ``p=2``, ``"mixed"`` to ``alpha=0.5``; the others use :mod:`invariance.pooling`'s defaults.
+    ``"stochastic"`` runs in evaluation mode (``train=False``: the probability-weighted
+    average, deterministic) unless ``pool_options={"stochastic": {"train": True}}``; then image
+    ``i`` samples with ``fold_in(fold_in(key, i), 1)`` for both ``x`` and ``T x`` (the same
+    draws, so only the transform differs).
+
+    Args:
+      images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
+      transform: one of :data:`TRANSFORMS`.
+      kinds: names from :data:`invariance.pooling.POOLS`, e.g. ``["max", "avg"]``.
+      key: PRNG key (logged as ``seed``).
+      severity: one severity (a number).
+      pool_options: optional ``{kind: {option: value}}`` merged over the defaults.
+      fill: as :func:`severity_curve`.
+      chunk_size: images per jitted call.
+      progress: show a tqdm bar over chunks.
+      **transform_options: the family's options (see :func:`severity_curve`).
+
+    Returns:
+      The ``"identity"`` row, then one row per kind: common keys plus ``kind``,
+      ``pool_options`` (a JSON string), ``relative_l2``, ``cosine``, ``input_relative_l2``,
+      ``input_cosine``, ``fill`` and the family's options.
+    """
+    images = C.check_images(images)
+    n = images.shape[0]
+    seed = C.seed_of(key)
+    tr = C.resolve_transform(transform, fill, transform_options)
+    if np.ndim(severity) != 0:
+        raise ValueError(f"severity must be a single number, got {C.brief(severity)}")
+    sev_np, (sev_row,) = tr.check_severities(severity)
+    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    if isinstance(kinds, str) or not kinds:
+        raise ValueError(f"kinds must be a non-empty list of names from {list(pooling.POOLS)}")
+    for kind in kinds:
+        C.choice("kind", kind, pooling.POOLS)
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds must not repeat a name, got {list(kinds)}")
+    pool_options = dict(pool_options or {})
+    extra = sorted(set(pool_options) - set(kinds))
+    if extra:
+        raise ValueError(f"pool_options has kinds {extra} not in kinds {list(kinds)}")
+    options = {k: {**_POOL_DEFAULTS.get(k, {}), **pool_options.get(k, {})} for k in kinds}
+    sev = jnp.asarray(sev_np[0])
+
+    def pool_one(kind: str, k: jax.Array, im: jax.Array) -> jax.Array:
+        if kind == "stochastic":
+            return pooling.pool(im, kind, key=jax.random.fold_in(k, 1), **options[kind])
+        return pooling.pool(im, kind, **options[kind])
+
+    @jax.jit
+    def step(params, key, x, index):
+        x = C.to_float(x)
+        keys = C.image_keys(key, index)
+        xt = jax.vmap(lambda k, im: tr.fn(k, im, sev))(keys, x)
+        out = {"identity": _distances(x, xt)}
+        for kind in kinds:
+            one = jax.vmap(lambda k, im, kind=kind: pool_one(kind, k, im))
+            out[kind] = _distances(one(keys, x), one(keys, xt))
+        return out
+
+    out = C.stream(
+        step, None, key, images, chunk_size=chunk_size, progress=progress, desc="pooling"
+    )
+    in_dist, in_cos = (C.mean(v) for v in out["identity"])
+    return [
+        C.make_row(
+            "pooling_stability",
+            n_images=n,
+            transform=transform,
+            severity=sev_row,
+            mode=tr.mode,
+            pairs="original_vs_transformed",
+            seed=seed,
+            kind=kind,
+            pool_options=json.dumps(options.get(kind, {}), sort_keys=True, default=str),
+            relative_l2=C.mean(out[kind][0]),
+            cosine=C.mean(out[kind][1]),
+            input_relative_l2=in_dist,
+            input_cosine=in_cos,
+            **tr.columns,
+        )
+        for kind in ["identity", *kinds]
+    ]

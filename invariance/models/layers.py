@@ -1,0 +1,271 @@
+"""The building blocks shared by every model: the :class:`Pool` layer and its option handling.
+
+:class:`Pool` resolves a pooling kind by name (big_vision's ``pool_type`` style): every kind
+of :data:`invariance.pooling.POOLS`, plus ``"strided_conv"`` (learned downsampling) and
+``"none"`` (identity). Models hold their pooling options as a hashable tuple of
+``(name, value)`` pairs, so a model stays a hashable dataclass (usable as a static argument).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from invariance import pooling
+
+__all__ = ["DOWNSAMPLE_KINDS", "POOL_KINDS", "Pool"]
+
+#: Every kind :class:`Pool` accepts: the pooling library's kinds, "strided_conv" and "none".
+POOL_KINDS: tuple[str, ...] = (*pooling.POOLS, "strided_conv", "none")
+
+#: The kinds that keep a spatial map (all but the global ones): what a model's ``pool`` takes.
+DOWNSAMPLE_KINDS: tuple[str, ...] = tuple(k for k in POOL_KINDS if not k.startswith("global_"))
+
+# The options each kind accepts (Pool's ``options``), beyond window / stride / padding.
+_POOL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "max": (),
+    "min": (),
+    "avg": ("count_include_pad",),
+    "lp": ("p",),
+    "stochastic": (),
+    "mixed": ("alpha",),
+    "blur": ("filter_size", "pad_mode"),
+    "max_blur": ("filter_size", "pad_mode"),
+    "aps": ("norm", "filter_size", "pad_mode"),
+    "global_avg": (),
+    "global_max": (),
+    "global_min": (),
+    "strided_conv": ("features", "use_bias"),
+    "none": (),
+}
+
+Options = tuple[tuple[str, Any], ...]
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return tuple(_hashable(a) for a in v)
+    return v
+
+
+def freeze_options(options: Any) -> Options:
+    """``None``, a mapping or an iterable of ``(name, value)`` pairs -> sorted tuple of pairs.
+
+    Example:
+        >>> freeze_options({"p": 3, "filter_size": 5})
+        (('filter_size', 5), ('p', 3))
+    """
+    if options is None:
+        return ()
+    items = options.items() if isinstance(options, Mapping) else options
+    try:
+        pairs = [(str(k), _hashable(v)) for k, v in items]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"options must be a mapping or (name, value) pairs, got {options!r}"
+        ) from None
+    return tuple(sorted(pairs))
+
+
+def check_kind(kind: Any, valid: tuple[str, ...], what: str = "pooling kind") -> None:
+    """Raises a one-line ValueError listing ``valid`` when ``kind`` is not one of them."""
+    if kind not in valid:
+        raise ValueError(f"unknown {what} {kind!r}: valid are {', '.join(valid)}")
+
+
+def check_options(kind: str, options: Options) -> None:
+    """Raises a one-line ValueError naming the options ``kind`` does not accept."""
+    valid = _POOL_OPTIONS[kind]
+    bad = sorted(k for k, _ in options if k not in valid)
+    if bad:
+        raise ValueError(
+            f"pooling kind {kind!r} got unknown option(s) {', '.join(bad)}: valid are "
+            f"{', '.join(valid) or 'none'} (window / stride / padding are fields of Pool)"
+        )
+
+
+def with_default(options: Options, kind: str, name: str, value: Any) -> Options:
+    """``options`` plus ``name=value`` when ``kind`` accepts ``name`` and it is not set."""
+    if name in _POOL_OPTIONS.get(kind, ()) and name not in dict(options):
+        return freeze_options({**dict(options), name: value})
+    return options
+
+
+class Pool(nn.Module):
+    """A pooling layer chosen by name: ``(N, H, W, C) -> (N, H', W', C)`` (``(N, C)`` for the
+    global kinds; ``C`` becomes ``options["features"]`` for "strided_conv").
+
+    Kinds and the options they take (``options`` is a mapping or ``(name, value)`` pairs):
+
+    - "max", "min", "avg" (``count_include_pad``), "lp" (``p``, default 2): windowed
+      reductions of :mod:`invariance.pooling` with ``window``, ``stride``, ``padding``.
+    - "stochastic" (Zeiler & Fergus 2013): samples one activation per window with probability
+      proportional to it when ``train=True``, drawing from the ``'pool'`` rng stream
+      (``self.make_rng("pool")``); the deterministic expectation when ``train=False``.
+      VALID padding only.
+    - "mixed" (Yu et al. 2014): ``alpha * max + (1 - alpha) * avg`` with a learned
+      per-channel ``alpha = sigmoid(alpha_logit)`` (param ``alpha_logit``, shape ``(C,)``,
+      initialised to 0, i.e. alpha 0.5); a fixed ``alpha`` option disables learning.
+    - "blur" (Zhang 2019 BlurPool alone): binomial low-pass then subsampling by ``stride``
+      (``window`` is unused; the filter is ``filter_size``, default 3, padded by
+      ``pad_mode``, default "reflect").
+    - "max_blur" (Zhang 2019 MaxBlurPool): max over ``window`` at stride 1 (dense), then
+      BlurPool with ``stride``. With ``pad_mode="circular"`` the dense max first pads
+      circularly by ``window - 1`` at the end, so the map keeps its size and a circular shift
+      commutes with it; otherwise it is VALID and ``H`` shrinks by ``window - 1`` (Zhang's).
+    - "aps" (Chaman & Dokmanić 2021): adaptive polyphase sampling by ``stride`` (``norm``
+      "l2"/"l1"/"linf", optional blur ``filter_size`` with ``pad_mode``, default circular).
+    - "global_avg", "global_max", "global_min": one value per channel, for heads.
+    - "strided_conv": a learned ``Conv(features, kernel=window, strides=stride, padding)``
+      (``features`` defaults to the input's ``C``; ``use_bias`` default True).
+    - "none": the identity.
+
+    For every downsampling kind ``stride`` defaults to ``window`` (so the default
+    ``window=2`` halves H and W).
+
+    Attributes:
+        kind: one of :data:`POOL_KINDS`.
+        window: int or (h, w), default 2.
+        stride: int or (h, w); ``None`` means ``window``.
+        padding: as the pooling library: "VALID", "SAME", an int or ((t, b), (l, r)); for
+            "strided_conv" anything ``flax.linen.Conv`` accepts.
+        options: the kind's extra options (see above).
+
+    Raises:
+        ValueError: an unknown kind (listing :data:`POOL_KINDS`) or option, at construction.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> layer = Pool("max_blur", window=2)
+        >>> x = jnp.ones((1, 8, 8, 3))
+        >>> layer.apply(layer.init(jax.random.key(0), x), x).shape
+        (1, 4, 4, 3)
+    """
+
+    kind: str
+    window: Any = 2
+    stride: Any = None
+    padding: Any = "VALID"
+    options: Any = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", freeze_options(self.options))
+        check_kind(self.kind, POOL_KINDS)
+        check_options(self.kind, self.options)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Pools ``x`` of shape ``(N, H, W, C)``; ``train`` matters for "stochastic" only."""
+        kind, opts = self.kind, dict(self.options)
+        window = self.window
+        stride = window if self.stride is None else self.stride
+        if kind == "none":
+            return x
+        if kind == "strided_conv":
+            return nn.Conv(
+                opts.get("features", x.shape[-1]),
+                kernel_size=as_pair(window),
+                strides=as_pair(stride),
+                padding=self.padding,
+                use_bias=opts.get("use_bias", True),
+                name="conv",
+            )(x)
+        if kind in ("max", "min"):
+            fn = pooling.max_pool if kind == "max" else pooling.min_pool
+            return fn(x, window, stride, self.padding)
+        if kind == "avg":
+            return pooling.avg_pool(x, window, stride, self.padding, **opts)
+        if kind == "lp":
+            return pooling.lp_pool(x, opts.get("p", 2.0), window, stride, self.padding)
+        if kind == "stochastic":
+            if self.padding != "VALID":
+                raise ValueError(f"stochastic pooling needs padding='VALID', got {self.padding!r}")
+            key = self.make_rng("pool") if train else None
+            return pooling.stochastic_pool(key, x, window, stride, train=train)
+        if kind == "mixed":
+            if "alpha" in opts:
+                alpha = opts["alpha"]
+            else:
+                logit = self.param("alpha_logit", nn.initializers.zeros, (x.shape[-1],))
+                alpha = nn.sigmoid(logit)
+            return pooling.mixed_pool(x, alpha, window, stride, self.padding)
+        if kind == "blur":
+            return pooling.blur_pool(
+                x, opts.get("filter_size", 3), stride, **_pick(opts, "pad_mode")
+            )
+        if kind == "max_blur":
+            pad_mode = opts.get("pad_mode", "reflect")
+            if pad_mode == "circular":
+                wh, ww = as_pair(window)
+                cfg = [(0, 0)] * (x.ndim - 3) + [(0, wh - 1), (0, ww - 1), (0, 0)]
+                x = jnp.pad(x, cfg, mode="wrap")
+            y = pooling.max_pool(x, window, 1)
+            return pooling.blur_pool(y, opts.get("filter_size", 3), stride, pad_mode)
+        if kind == "aps":
+            return pooling.aps_pool(x, stride, **opts)
+        return pooling.pool(x, kind)  # the global kinds
+
+
+def _pick(opts: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: opts[k] for k in names if k in opts}
+
+
+def as_pair(v: Any) -> tuple[int, int]:
+    """An int or an (h, w) pair -> an (h, w) tuple of ints."""
+    if isinstance(v, int):
+        return (v, v)
+    h, w = v
+    return (int(h), int(w))
+
+
+def aps_with_index(
+    x: jax.Array,
+    stride: int = 2,
+    norm: str = "l2",
+    *,
+    filter_size: int = 1,
+    pad_mode: str = "circular",
+    index: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`invariance.pooling.aps_pool` that also returns, or takes, the chosen component.
+
+    A residual block that downsamples with APS must take the SAME polyphase component in its
+    main path and in its shortcut, or the two halves of the sum move differently under a
+    shift and the network loses exact invariance (achaman2/truly_shift_invariant_cnns passes
+    the main path's ``polyphase_indices`` to the shortcut for this reason).
+
+    Args:
+        x: ``(N, H, W, C)``.
+        stride, norm, filter_size, pad_mode: as :func:`invariance.pooling.aps_pool`.
+        index: ``(N,)`` ints in ``[0, stride**2)``: the components to take; ``None`` chooses
+            them by the largest ``norm`` (exactly as ``aps_pool``).
+
+    Returns:
+        ``(y, index)``: ``y`` of shape ``(N, ceil(H / s), ceil(W / s), C)`` and the ``(N,)``
+        component indices (row-major ``i * s + j`` for ``x[:, i::s, j::s]``).
+    """
+    if norm not in pooling.APS_NORMS:
+        raise ValueError(f"unknown norm {norm!r}: valid are {', '.join(pooling.APS_NORMS)}")
+    s = int(stride)
+    if filter_size != 1:
+        x = pooling.blur_pool(x, filter_size, 1, pad_mode)
+    ph, pw = (-x.shape[-3]) % s, (-x.shape[-2]) % s
+    if ph or pw:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)], mode="wrap")
+    comps = jnp.stack([x[..., i::s, j::s, :] for i in range(s) for j in range(s)], axis=-4)
+    if index is None:
+        if norm == "l2":
+            score = jnp.sum(jnp.square(comps), axis=(-3, -2, -1))
+        elif norm == "l1":
+            score = jnp.sum(jnp.abs(comps), axis=(-3, -2, -1))
+        else:
+            score = jnp.max(jnp.abs(comps), axis=(-3, -2, -1))
+        index = jnp.argmax(lax.stop_gradient(score), axis=-1)
+    y = jnp.take_along_axis(comps, index[..., None, None, None, None], axis=-4)
+    return y[..., 0, :, :, :], index

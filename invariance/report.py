@@ -1,0 +1,371 @@
+"""Tables (Markdown, CSV, LaTeX) and figures (PNG) from a sweep's rows — never typed by hand.
+
+``report(run_dir, out_dir)`` reads every finished cell's ``rows.jsonl`` under ``run_dir`` and
+writes, per experiment found there, ``<experiment>.md`` / ``.csv`` / ``.tex`` and figures. The
+same rows always give byte-identical tables: nothing in them depends on when the report ran;
+each is stamped with the config, git commit, jax version and device recorded in the rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from invariance.io import atomic_write_bytes, atomic_write_text
+from invariance.metrics import mean_ci
+
+__all__ = ["COLUMNS", "load_rows", "report", "summarise"]
+
+Row = dict[str, Any]
+# (header, filter on row fields, value field, scale): one table column.
+Column = tuple[str, dict[str, Any], str, float]
+
+COLUMNS: dict[str, list[Column]] = {
+    "pooling_table": [
+        ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100),
+        (
+            "consistency circ. ±3 %",
+            {"protocol": "shift_consistency", "mode": "circular"},
+            "consistency",
+            100,
+        ),
+        (
+            "consistency const. ±3 %",
+            {"protocol": "shift_consistency", "mode": "constant"},
+            "consistency",
+            100,
+        ),
+        (
+            "1-px P(top-1 change) %",
+            {"protocol": "one_pixel_flip_rate", "position": None},
+            "p_top1_change",
+            100,
+        ),
+        (
+            "acc. random mask 0.3 %",
+            {"protocol": "severity_curve", "transform": "random_mask"},
+            "accuracy",
+            100,
+        ),
+        (
+            "acc. grid lines %",
+            {"protocol": "severity_curve", "transform": "line_mask"},
+            "accuracy",
+            100,
+        ),
+        (
+            "acc. inverse mask 0.1 %",
+            {"protocol": "severity_curve", "transform": "inverse_mask"},
+            "accuracy",
+            100,
+        ),
+        (
+            "acc. 8x8 occlusion %",
+            {"protocol": "severity_curve", "transform": "occlusion"},
+            "accuracy",
+            100,
+        ),
+        ("params", {"protocol": "accuracy"}, "num_params", 1),
+        ("train s", {"protocol": "accuracy"}, "train_seconds", 1),
+    ],
+    "downsample_input": [
+        ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100),
+        (
+            "consistency circ. ±3 %",
+            {"protocol": "shift_consistency", "mode": "circular"},
+            "consistency",
+            100,
+        ),
+        (
+            "consistency const. ±3 %",
+            {"protocol": "shift_consistency", "mode": "constant"},
+            "consistency",
+            100,
+        ),
+        ("params", {"protocol": "accuracy"}, "num_params", 1),
+        ("train s", {"protocol": "accuracy"}, "train_seconds", 1),
+    ],
+    "cifar10_blurpool": [
+        ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100),
+        (
+            "consistency const. %",
+            {"protocol": "shift_consistency", "mode": "constant"},
+            "consistency",
+            100,
+        ),
+        (
+            "consistency circ. %",
+            {"protocol": "shift_consistency", "mode": "circular"},
+            "consistency",
+            100,
+        ),
+    ],
+    "sensitivity_maps": [
+        ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100),
+    ],
+}
+
+
+def load_rows(run_dir: str | Path) -> list[Row]:
+    """Every row of every finished cell under ``run_dir`` (cells in name order)."""
+    run_dir = Path(run_dir)
+    cells = sorted(p.parent for p in run_dir.glob("**/done.json"))
+    rows: list[Row] = []
+    for cell in cells:
+        path = cell / "rows.jsonl"
+        if path.is_file():
+            rows.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+    return rows
+
+
+def _matches(row: Row, flt: dict[str, Any]) -> bool:
+    return all(k in row and row[k] == v for k, v in flt.items())
+
+
+def _labels(rows: Sequence[Row]) -> list[str]:
+    order: dict[str, int] = {}
+    for r in rows:
+        order.setdefault(r["label"], r.get("cell_index", len(order)))
+    return sorted(order, key=lambda k: (order[k], k))
+
+
+def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, Any]]:
+    """Mean and 95% CI half-width over seeds of each column, per row label.
+
+    Returns:
+        One dict per label: ``label``, ``n_seeds`` and, per column header, ``(mean, half)``
+        (``None`` where no row matched).
+    """
+    out = []
+    for label in _labels(rows):
+        mine = [r for r in rows if r.get("label") == label]
+        entry: dict[str, Any] = {"label": label}
+        seeds = set()
+        for header, flt, field, scale in columns:
+            vals = [r[field] * scale for r in mine if _matches(r, flt) and r.get(field) is not None]
+            seeds.update(r.get("seed_index") for r in mine if _matches(r, flt))
+            if not vals:
+                entry[header] = None
+            elif len(vals) == 1:
+                entry[header] = (float(vals[0]), float("nan"))
+            else:
+                m, h = mean_ci(np.asarray(vals, np.float64))
+                entry[header] = (float(m), float(h))
+        entry["n_seeds"] = len(seeds - {None}) or 1
+        out.append(entry)
+    return out
+
+
+def _fmt(v: tuple[float, float] | None, header: str) -> str:
+    if v is None:
+        return "–"
+    m, h = v
+    if header in ("params",):
+        return f"{m:,.0f}"
+    digits = 0 if header == "train s" else 1
+    if math.isnan(h):
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def _stamp(rows: Sequence[Row], run_dir: str | Path, name: str) -> str:
+    def uniq(key: str) -> str:
+        vals = sorted({str(r.get(key)) for r in rows if r.get(key) is not None})
+        return ", ".join(vals) or "unknown"
+
+    return (
+        f"Made by `invariance report {Path(run_dir).name}` from {len(rows)} rows of config "
+        f"`configs/{name}.py`; commit {uniq('prov_git_commit')}, jax {uniq('prov_jax')}, device "
+        f"{uniq('prov_device')} ({uniq('prov_backend')})."
+    )
+
+
+def _tables(name: str, rows: list[Row], columns: list[Column], run_dir, out: Path) -> list[Path]:
+    summary = summarise(rows, columns)
+    headers = [c[0] for c in columns]
+    seeds = max((e["n_seeds"] for e in summary), default=1)
+    md = [f"# {name}", "", f"Mean ± 95% CI over {seeds} seeds (Student t).", ""]
+    md.append("| pooling | " + " | ".join(headers) + " |")
+    md.append("| --- | " + " | ".join("---" for _ in headers) + " |")
+    for e in summary:
+        md.append(f"| {e['label']} | " + " | ".join(_fmt(e[h], h) for h in headers) + " |")
+    md += ["", _stamp(rows, run_dir, name), ""]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["label", "n_seeds"] + [x for h in headers for x in (h, h + " ci95")])
+    for e in summary:
+        cells = []
+        for h in headers:
+            v = e[h]
+            cells += ["", ""] if v is None else [f"{v[0]:.6g}", f"{v[1]:.6g}"]
+        w.writerow([e["label"], e["n_seeds"], *cells])
+    tex = ["\\begin{tabular}{l" + "r" * len(headers) + "}", "\\toprule"]
+    tex.append("pooling & " + " & ".join(h.replace("%", "\\%") for h in headers) + " \\\\")
+    tex.append("\\midrule")
+    for e in summary:
+        vals = [_fmt(e[h], h).replace("±", "$\\pm$") for h in headers]
+        tex.append(e["label"].replace("_", "\\_") + " & " + " & ".join(vals) + " \\\\")
+    tex += ["\\bottomrule", "\\end{tabular}", ""]
+    return [
+        atomic_write_text(out / f"{name}.md", "\n".join(md)),
+        atomic_write_text(out / f"{name}.csv", buf.getvalue()),
+        atomic_write_text(out / f"{name}.tex", "\n".join(tex)),
+    ]
+
+
+def _savefig(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _profile_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
+    prof = [r for r in rows if r.get("aggregate") == "ring" and r.get("relative_l2") is not None]
+    if not prof:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in _labels(prof):
+        by_r: dict[float, list[float]] = defaultdict(list)
+        for r in prof:
+            if r["label"] == label:
+                by_r[r["ring"]].append(r["relative_l2"])
+        radii = sorted(by_r)
+        ax.plot(radii, [np.mean(by_r[k]) for k in radii], marker="o", label=label)
+    ax.set_xlabel("shift |d| (pixels)")
+    ax.set_ylabel("normalised distance of logits")
+    ax.set_title("Translation sensitivity (Kauderer-Abrams 2017), radial profile")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return [_savefig(fig, out / f"{name}_sensitivity.png")]
+
+
+def _seed_figures(name: str, rows: list[Row], run_dir: Path, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    # Relative change of the output against the mask ratio, per network.
+    lines: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    table: dict[tuple[str, str, Any], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("relative_l2") is None:
+            continue
+        net = r.get("network", "?")
+        what = r.get("kind") or r.get("layer") or "output"
+        if net.startswith("probe") and what != "conv2":
+            continue
+        key = (net if not net.startswith("pooling") else f"{what} pool", r["transform"])
+        table[(key[0], r["transform"], _sev(r))].append(r["relative_l2"])
+        if r["transform"] in ("random_mask", "inverse_mask"):
+            lines[key][_sev(r)].append(r["relative_l2"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, transform in zip(axes, ("random_mask", "inverse_mask"), strict=True):
+        for (net, t), by in sorted(lines.items()):
+            if t == transform:
+                xs = sorted(by)
+                ax.plot(xs, [np.mean(by[x]) for x in xs], marker="o", label=net)
+        ax.set_title(transform.replace("_", " "))
+        ax.set_xlabel("fraction of pixels masked")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("relative L2 change of the output")
+    axes[1].legend(fontsize=7)
+    written.append(_savefig(fig, out / f"{name}_masking.png"))
+    md = [
+        f"# {name}",
+        "",
+        "Relative L2 change ||f(Tx) - f(x)|| / ||f(x)|| (mean over images and "
+        "probe seeds); `identity` is the change of the input itself.",
+        "",
+    ]
+    nets = sorted({k[0] for k in table})
+    cols = sorted({(k[1], k[2]) for k in table})
+    md.append("| network | " + " | ".join(f"{t} {s}" for t, s in cols) + " |")
+    md.append("| --- | " + " | ".join("---" for _ in cols) + " |")
+    for net in nets:
+        vals = [table.get((net, t, s)) for t, s in cols]
+        cells = ["–" if not v else f"{np.mean(v):.3f}" for v in vals]
+        md.append(f"| {net} | " + " | ".join(cells) + " |")
+    md += ["", _stamp(rows, run_dir, name), ""]
+    written.append(atomic_write_text(out / f"{name}.md", "\n".join(md)))
+    for npz in sorted(Path(run_dir).glob("**/examples.npz")):
+        ex = np.load(npz)
+        panels = [
+            ("input", "input"),
+            ("max_pool", "max pool 2x2"),
+            ("probe_no_pool", "Conv->Conv"),
+            ("probe_max", "Conv->MaxPool->Conv"),
+        ]
+        names = list(ex["names"])
+        fig, axes = plt.subplots(len(panels), len(names), figsize=(1.6 * len(names), 6.6))
+        for i, (k, title) in enumerate(panels):
+            for j, nm in enumerate(names):
+                axes[i, j].imshow(ex[k][j, 0], cmap="gray")
+                axes[i, j].set_xticks([])
+                axes[i, j].set_yticks([])
+                if i == 0:
+                    axes[i, j].set_title(nm, fontsize=8)
+                if j == 0:
+                    axes[i, j].set_ylabel(title, fontsize=8)
+        written.append(_savefig(fig, out / f"{name}_examples.png"))
+        break
+    return written
+
+
+def _sev(r: Row) -> Any:
+    if r.get("transform") == "line_mask":
+        return r.get("orientation") or r.get("severity")
+    sev = r.get("severity")
+    return float(f"{sev:.6g}") if isinstance(sev, float) else sev
+
+
+BUILDERS: dict[str, Callable[..., list[Path]]] = {}
+
+
+def report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Writes every table and figure the rows under ``run_dir`` support.
+
+    Args:
+        run_dir: a sweep folder (or a folder of sweep folders).
+        out_dir: where to write; default ``run_dir/report``.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        FileNotFoundError: no finished cell under ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    rows = load_rows(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"no finished cells (done.json + rows.jsonl) under {run_dir}")
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    by_exp: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        by_exp[r.get("cell_config") or r.get("experiment", "rows")].append(r)
+    written: list[Path] = []
+    for name, mine in sorted(by_exp.items()):
+        if name == "seed_figures" or mine[0].get("experiment") == "seed_figures":
+            written += _seed_figures(name, mine, run_dir, out)
+            continue
+        cols = COLUMNS.get(name, COLUMNS["sensitivity_maps"])
+        written += _tables(name, mine, cols, run_dir, out)
+        written += _profile_figure(name, mine, out)
+    return written

@@ -1,0 +1,545 @@
+"""The training loop: one jitted, sharded, donated step for all seeds; resumable epochs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from invariance.io import atomic_write_json, provenance
+from invariance.train import _checkpoint as ckpt_lib
+from invariance.train._config import (
+    IDENTITY_FIELDS,
+    RUNTIME_FIELDS,
+    make_optimizer,
+    make_schedule,
+    validate,
+)
+from invariance.train._eval import DATA_AXIS, Evaluator, to_float
+
+log = logging.getLogger(__name__)
+
+# Streams folded into each model's key (see the package docstring: PRNG discipline).
+INIT_STREAM, DATA_STREAM, STEP_STREAM = 0, 1, 2
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or inf; the message names the step, epoch and seed.
+
+    Attributes:
+        step: the 1-based global step whose loss was not finite.
+        epoch: the 1-based epoch it belongs to.
+        seed: the seed id (``seed_offset + index``) of the first model that diverged.
+        run_dir: the run directory, which keeps everything written before.
+    """
+
+    def __init__(self, message: str, *, step: int, epoch: int, seed: int, run_dir: Path):
+        super().__init__(message)
+        self.step, self.epoch, self.seed, self.run_dir = step, epoch, seed, run_dir
+
+
+class RecompileError(RuntimeError):
+    """The train step was traced a second time: a shape, dtype or sharding changed."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        variables: the models' variables stacked over seeds: every leaf has leading axis
+            ``num_seeds`` (``{"params": ...}`` and maybe ``"batch_stats"``), replicated on the
+            mesh.
+        history: one dict per epoch (also the rows of ``run_dir/metrics.jsonl``): ``epoch``,
+            ``step``, ``train_loss``, ``train_accuracy``, ``test_accuracy`` (means over seeds)
+            and the same with ``_per_seed`` (lists), ``learning_rate``, ``images_per_second``
+            (all seeds together), ``images_per_second_per_model``, ``seconds`` (training),
+            ``eval_seconds``.
+        run_dir: the run directory.
+        model: the Flax module (for :func:`make_apply_fn` and :func:`evaluate`).
+        config: the resolved config of this call.
+    """
+
+    variables: Any
+    history: list[dict]
+    run_dir: Path
+    model: nn.Module
+    config: ml_collections.ConfigDict
+
+    @property
+    def params(self) -> Any:
+        """``variables["params"]``, stacked over seeds."""
+        return self.variables["params"]
+
+
+def _load_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, ...]:
+    from invariance.data import load
+
+    out = []
+    for split, n in (("train", config.train_examples), ("test", config.eval_examples)):
+        options = {"num_examples": n} if config.dataset == "synthetic" and n else {}
+        images, labels = load(config.dataset, split, **options)
+        if n is not None:
+            images, labels = images[:n], labels[:n]
+        out += [np.asarray(images), np.asarray(labels, np.int32)]
+    return tuple(out)
+
+
+def _init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> Any:
+    """One model's variables for float32 inputs ``(1, *input_shape)`` (eval-mode init)."""
+    from invariance.models import init_model
+
+    return init_model(model, key, (1, *input_shape))
+
+
+def _seed_keys(seed: int, seed_offset: int, num_seeds: int) -> jax.Array:
+    """Model ``i``'s key: ``fold_in(key(seed), seed_offset + i)``; shape (num_seeds,)."""
+    root = jax.random.key(seed)
+    ids = jnp.arange(num_seeds) + seed_offset
+    return jax.vmap(lambda s: jax.random.fold_in(root, s))(ids)
+
+
+def _config_keys(config: ml_collections.ConfigDict) -> jax.Array:
+    return _seed_keys(config.seed, config.seed_offset, config.num_seeds)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _permutations(
+    seed: int, seed_offset: int, num_seeds: int, n: int, epoch: jax.Array
+) -> jax.Array:
+    """Each model's data order of ``epoch`` (1-based): int32 (num_seeds, n)."""
+
+    def one(key):
+        key = jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), epoch)
+        return jax.random.permutation(key, n).astype(jnp.int32)
+
+    return jax.vmap(one)(_seed_keys(seed, seed_offset, num_seeds))
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(model: nn.Module, input_shape: tuple[int, ...]) -> Callable:
+    # One seed per call: compiling the vmapped init costs twice as long on the CPU (threefry),
+    # and this compiled program is reused by every run of the same model in the process.
+    return jax.jit(functools.partial(_init_variables, model, input_shape=input_shape))
+
+
+def _init_state(model, tx, config, input_shape, sharding) -> dict:
+    """The stacked train state: variables and optimizer state of every seed, step 0."""
+    try:
+        init = _jitted_init(model, tuple(input_shape))
+    except TypeError:  # an unhashable module
+        init = jax.jit(functools.partial(_init_variables, model, input_shape=tuple(input_shape)))
+    keys = _config_keys(config)
+    per_seed = [init(jax.random.fold_in(keys[i], INIT_STREAM)) for i in range(config.num_seeds)]
+    variables = jax.tree.map(lambda *a: jnp.stack(a), *per_seed)
+    state = {
+        "variables": variables,
+        "opt_state": jax.vmap(tx.init)(variables["params"]),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    return jax.device_put(state, sharding)
+
+
+def _abstract_state(model, tx, config, input_shape, sharding) -> dict:
+    """The train state's shapes, dtypes and shardings, without computing it (no compile)."""
+
+    def init():
+        keys = _config_keys(config)
+        variables = jax.vmap(lambda k: _init_variables(model, k, tuple(input_shape)))(keys)
+        opt_state = jax.vmap(tx.init)(variables["params"])
+        return {"variables": variables, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), jax.eval_shape(init)
+    )
+
+
+def _make_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    *,
+    steps_per_epoch: int,
+    global_batch: int,
+    batch_sharding: NamedSharding,
+) -> Callable:
+    """The train step for all seeds: ``(state, images, labels, perms) -> (state, metrics)``.
+
+    ``images`` uint8 (N, H, W, C) and ``labels`` (N,) are the whole training set (replicated);
+    ``perms`` int32 (num_seeds, N) the epoch's per-seed orders. The step takes batch
+    ``state["step"] % steps_per_epoch`` of each order, shards it over the mesh's data axis,
+    and runs forward, loss, gradient and update of every seed under one ``vmap``.
+    """
+    traces = [0]
+
+    def loss_and_update(variables, opt_state, x, y, key):
+        params = variables["params"]
+        rest = {k: v for k, v in variables.items() if k != "params"}
+        k_pool, k_dropout = jax.random.split(key)
+        rngs = {"pool": k_pool, "dropout": k_dropout}
+
+        def loss_fn(p):
+            if rest:
+                logits, new_rest = model.apply(
+                    {"params": p, **rest}, x, train=True, rngs=rngs, mutable=list(rest)
+                )
+            else:
+                logits, new_rest = model.apply({"params": p}, x, train=True, rngs=rngs), {}
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits, new_rest)
+
+        (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        return {"params": params, **new_rest}, opt_state, loss, accuracy
+
+    def step_fn(state, images, labels, perms):
+        traces[0] += 1
+        if traces[0] > 1:
+            raise RecompileError(
+                "the train step was traced twice (a shape, dtype or sharding changed); "
+                "every step must reuse one compiled program"
+            )
+        step = state["step"]
+        start = (step % steps_per_epoch) * global_batch
+        idx = lax.dynamic_slice_in_dim(perms, start, global_batch, axis=1)  # (S, B)
+        idx = lax.with_sharding_constraint(idx, batch_sharding)
+        x = to_float(jnp.take(images, idx, axis=0))  # (S, B, H, W, C) float32 in [0, 1]
+        y = jnp.take(labels, idx, axis=0)
+        step_keys = jax.vmap(
+            lambda k: jax.random.fold_in(jax.random.fold_in(k, STEP_STREAM), step)
+        )(_config_keys(config))
+        variables, opt_state, loss, accuracy = jax.vmap(loss_and_update)(
+            state["variables"], state["opt_state"], x, y, step_keys
+        )
+        new_state = {"variables": variables, "opt_state": opt_state, "step": step + 1}
+        return new_state, {"loss": loss, "accuracy": accuracy}
+
+    return step_fn
+
+
+def _check_resume(run_dir: Path, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError if an identity field differs from the checkpointed run's config.json;
+    warns about changed hyperparameters."""
+    path = run_dir / ckpt_lib.CONFIG_FILE
+    if not path.exists():
+        return
+    import json
+
+    old = json.loads(path.read_text())
+    new = json.loads(config.to_json())
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    fatal = [k for k in changed if k in IDENTITY_FIELDS]
+    if fatal:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fatal)
+        raise ValueError(
+            f"{run_dir} holds a checkpointed run with a different {', '.join(fatal)} ({diffs}); "
+            "use a new workdir"
+        )
+    soft = [k for k in changed if k not in RUNTIME_FIELDS]
+    if soft:
+        warnings.warn(
+            f"resuming {run_dir} with changed {', '.join(soft)}: the run is no longer the same "
+            "as an uninterrupted one",
+            stacklevel=3,
+        )
+
+
+def _resolve(config: ml_collections.ConfigDict, workdir: Any) -> ml_collections.ConfigDict:
+    config = copy.deepcopy(config)
+    if workdir is not None:
+        config.workdir = str(workdir)
+    if config.workdir is None:
+        config.workdir = tempfile.mkdtemp(prefix="invariance-train-")
+    validate(config)
+    return config
+
+
+def _mean_row(prefix: str, per_seed: np.ndarray) -> dict:
+    values = [float(v) for v in per_seed]
+    return {prefix: float(np.mean(values)), f"{prefix}_per_seed": values}
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | Path | None = None,
+    model: nn.Module | None = None,
+) -> TrainResult:
+    """Trains ``config.num_seeds`` models in one compiled program; resumes a killed run.
+
+    Each step is one call of one jitted program (compiled once, ahead of the loop): for every
+    seed at once (``jax.vmap`` over variables, optimizer state, batch and key) it gathers the
+    seed's batch from the device-resident training set, converts uint8 to float in [0, 1],
+    runs forward, softmax cross-entropy, gradient and the optax update. The global batch
+    (``batch_size * jax.device_count()``) is sharded over a 1-D mesh of all devices
+    (axis ``"data"``), variables and optimizer state are replicated, and the state buffers are
+    donated. The last partial batch of an epoch is dropped, so shapes never change.
+
+    If ``run_dir/checkpoints`` holds a checkpoint, training resumes from the newest one
+    (variables, optimizer state, step, history; data orders and keys derive from the epoch
+    and step), ending with the same parameters as an uninterrupted run.
+
+    Args:
+        config: a config shaped like :func:`default_config`.
+        workdir: the run directory; overrides ``config.workdir``.
+        model: a Flax module to train instead of
+            ``invariance.models.create_model(config.model, **config.model_options)``;
+            called as ``model.apply(variables, x, train=..., rngs={"pool", "dropout"})`` with
+            ``x`` float32 (N, H, W, C), returning logits (N, num_classes).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ValueError: an invalid config field, a training set smaller than one global batch, or
+            a workdir holding a run with different identity fields.
+        TrainingDivergedError: a loss became NaN or inf (checked every ``log_every_steps``
+            steps); checkpoints and metrics written before are kept.
+    """
+    config = _resolve(config, workdir)
+    run_dir = Path(config.workdir)
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    mesh = Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+    replicated = NamedSharding(mesh, P())
+    global_batch = config.batch_size * mesh.size
+    train_x, train_y, test_x, test_y = _load_data(config)
+    steps_per_epoch = len(train_x) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(train_x)} training examples are fewer than one global batch of {global_batch} "
+            f"(batch_size {config.batch_size} x {mesh.size} devices)"
+        )
+    if model is None:
+        from invariance.models import create_model
+
+        model = create_model(config.model, **config.model_options.to_dict())
+    tx = make_optimizer(config, steps_per_epoch)
+    input_shape = train_x.shape[1:]
+    last_epoch = min(config.num_epochs, config.stop_after_epochs or config.num_epochs)
+
+    checkpoints = ckpt_lib.Checkpoints(run_dir, keep=config.keep_checkpoints)
+    try:
+        start_epoch = checkpoints.latest_epoch() or 0
+        if start_epoch:
+            _check_resume(run_dir, config)
+            abstract = _abstract_state(model, tx, config, input_shape, replicated)
+            state, meta = checkpoints.restore(start_epoch, abstract)
+            history = list(meta["history"])[:start_epoch]
+            log.info("resuming %s from epoch %d", run_dir, start_epoch)
+        else:
+            state = _init_state(model, tx, config, input_shape, replicated)
+            history = []
+        if is_writer:
+            atomic_write_json(run_dir / ckpt_lib.CONFIG_FILE, config.to_dict())
+            ckpt_lib.rewrite_metrics(run_dir, history)
+        if start_epoch < last_epoch:
+            state = _run_epochs(
+                state,
+                model,
+                tx,
+                config,
+                data=(train_x, train_y, test_x, test_y),
+                mesh=mesh,
+                epochs=range(start_epoch + 1, last_epoch + 1),
+                history=history,
+                checkpoints=checkpoints,
+                run_dir=run_dir,
+            )
+    finally:
+        checkpoints.close()
+    return TrainResult(
+        variables=state["variables"], history=history, run_dir=run_dir, model=model, config=config
+    )
+
+
+def _run_epochs(
+    state: dict,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    *,
+    data: tuple[np.ndarray, ...],
+    mesh: Mesh,
+    epochs: range,
+    history: list[dict],
+    checkpoints: ckpt_lib.Checkpoints,
+    run_dir: Path,
+) -> dict:
+    """Compiles the step, then trains, evaluates, checkpoints and logs ``epochs``.
+
+    Appends each epoch's row to ``history`` (in place) and returns the final state.
+    """
+    train_x, train_y, test_x, test_y = data
+    replicated = NamedSharding(mesh, P())
+    global_batch = config.batch_size * mesh.size
+    n_train = len(train_x)
+    steps_per_epoch = n_train // global_batch
+    schedule = make_schedule(config, steps_per_epoch)
+    num_seeds = config.num_seeds
+    is_writer = jax.process_index() == 0
+
+    images = jax.device_put(train_x, replicated)
+    labels = jax.device_put(train_y, replicated)
+    evaluator = Evaluator(
+        test_x,
+        test_y,
+        batch_size=(config.eval_batch_size or config.batch_size) * mesh.size,
+        mesh=mesh,
+    )
+
+    def permutations(epoch: int) -> jax.Array:
+        perms = _permutations(config.seed, config.seed_offset, num_seeds, n_train, np.int32(epoch))
+        return jax.device_put(perms, replicated)
+
+    step_fn = _make_step(
+        model,
+        tx,
+        config,
+        steps_per_epoch=steps_per_epoch,
+        global_batch=global_batch,
+        batch_sharding=NamedSharding(mesh, P(None, DATA_AXIS)),
+    )
+    t0 = time.perf_counter()
+    step = (
+        jax.jit(
+            step_fn,
+            in_shardings=(replicated, replicated, replicated, replicated),
+            out_shardings=(replicated, replicated),
+            donate_argnums=(0,),
+        )
+        .lower(
+            state,
+            images,
+            labels,
+            jax.ShapeDtypeStruct((num_seeds, n_train), jnp.int32, sharding=replicated),
+        )
+        .compile()
+    )
+    compile_seconds = time.perf_counter() - t0
+    if is_writer:
+        atomic_write_json(
+            run_dir / ckpt_lib.PROVENANCE_FILE,
+            {
+                **provenance(),
+                "device_count": mesh.size,
+                "global_batch_size": global_batch,
+                "steps_per_epoch": steps_per_epoch,
+                "train_examples": n_train,
+                "eval_examples": len(test_x),
+                "compile_seconds": round(compile_seconds, 3),
+                "seeds": [config.seed_offset + i for i in range(num_seeds)],
+                "keys": (
+                    f"model i: k = fold_in(key({config.seed}), seed_offset + i); init "
+                    f"fold_in(k, {INIT_STREAM}); epoch e order "
+                    f"permutation(fold_in(fold_in(k, {DATA_STREAM}), e)); step s (0-based) "
+                    f"split(fold_in(fold_in(k, {STEP_STREAM}), s)) -> pool, dropout"
+                ),
+            },
+        )
+
+    images_per_step = global_batch * num_seeds
+    for epoch in epochs:
+        perms = permutations(epoch)
+        loss_sum = np.zeros(num_seeds)
+        acc_sum = np.zeros(num_seeds)
+        done = 0
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{config.num_epochs}",
+            disable=not config.progress,
+            unit="step",
+        )
+        t_epoch = time.perf_counter()
+        pending: list[dict] = []
+        for i in range(steps_per_epoch):
+            state, metrics = step(state, images, labels, perms)
+            pending.append(metrics)
+            if (i + 1) % config.log_every_steps and i + 1 < steps_per_epoch:
+                continue
+            got = jax.device_get(pending)
+            pending = []
+            losses = np.stack([g["loss"] for g in got])  # (k, num_seeds)
+            bad = np.argwhere(~np.isfinite(losses))
+            if len(bad):
+                bar.close()
+                j, s = (int(v) for v in bad[0])
+                gstep = (epoch - 1) * steps_per_epoch + done + j + 1
+                seed = config.seed_offset + s
+                raise TrainingDivergedError(
+                    f"training diverged: loss {losses[j, s]} at step {gstep} (epoch {epoch}) "
+                    f"for seed {seed} (model {s} of {num_seeds}); {run_dir} keeps the "
+                    f"checkpoints of epochs {checkpoints.all_epochs()} and {len(history)} "
+                    "metrics rows",
+                    step=gstep,
+                    epoch=epoch,
+                    seed=seed,
+                    run_dir=run_dir,
+                )
+            loss_sum += losses.sum(0)
+            acc_sum += np.stack([g["accuracy"] for g in got]).sum(0)
+            done += len(got)
+            bar.update(len(got))
+            bar.set_postfix(
+                loss=f"{losses[-1].mean():.4f}",
+                img_s=f"{done * images_per_step / (time.perf_counter() - t_epoch):.0f}",
+            )
+        seconds = time.perf_counter() - t_epoch
+
+        t_eval = time.perf_counter()
+        test_accuracy = evaluator(model, state["variables"])
+        eval_seconds = time.perf_counter() - t_eval
+        gstep = epoch * steps_per_epoch
+        row = {
+            "epoch": epoch,
+            "step": gstep,
+            **_mean_row("train_loss", loss_sum / steps_per_epoch),
+            **_mean_row("train_accuracy", acc_sum / steps_per_epoch),
+            **_mean_row("test_accuracy", test_accuracy),
+            "learning_rate": float(schedule(gstep - 1)),
+            "images_per_second": steps_per_epoch * images_per_step / seconds,
+            "images_per_second_per_model": steps_per_epoch * global_batch / seconds,
+            "seconds": seconds,
+            "eval_seconds": eval_seconds,
+        }
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.4f}",
+            test_acc=f"{row['test_accuracy']:.4f}",
+            img_s=f"{row['images_per_second']:.0f}",
+        )
+        bar.close()
+        history.append(row)
+        if epoch % config.checkpoint_every_epochs == 0 or epoch == epochs[-1]:
+            checkpoints.save(epoch, state, {"epoch": epoch, "history": history})
+        if is_writer:
+            ckpt_lib.append_metrics(run_dir, row)
+        log.info(
+            "epoch %d: loss %.4f, test accuracy %.4f, %.0f images/s",
+            epoch,
+            row["train_loss"],
+            row["test_accuracy"],
+            row["images_per_second"],
+        )
+    return state
