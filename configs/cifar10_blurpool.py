@@ -1,8 +1,8 @@
 """Zhang-style table on CIFAR-10: ResNet-18 with every downsampling strided (baseline),
-max-blur (Rect-2, Tri-3, Bin-5) or APS; accuracy and shift consistency (circular and
-zero-padded, +-8 px as sourajitcs/tips). Needs CIFAR-10 through tfds (network) — the full
-profile is the real run (GPU: ~1 hour per cell at 100 epochs is the paper's setting; this config
-uses 30 epochs).
+anti-aliased (conv stride 1 + ReLU + BlurPool: Rect-2, Tri-3, Bin-5) or APS; accuracy and shift
+consistency (circular and zero-padded, +-8 px as sourajitcs/tips). Needs CIFAR-10 through tfds
+(network). The full profile is the real run (GPU: ~1 hour per cell at 100 epochs is the
+paper's setting; this config uses 30 epochs).
 
 Command:  invariance sweep cifar10_blurpool --profile full --workdir runs/cifar10
 Runtime:  full ~20 GPU minutes per cell; quick is a smoke run (1 epoch, 5k images).
@@ -12,9 +12,9 @@ from invariance.experiment import train_measure_config
 
 KINDS = {
     "baseline (strided conv)": {"pool": "strided_conv"},
-    "Rect-2": {"pool": "max_blur", "pool_options": {"filter_size": 2}},
-    "Tri-3": {"pool": "max_blur", "pool_options": {"filter_size": 3}},
-    "Bin-5": {"pool": "max_blur", "pool_options": {"filter_size": 5}},
+    "Rect-2": {"pool": "blur", "pool_options": {"filter_size": 2}},
+    "Tri-3": {"pool": "blur", "pool_options": {"filter_size": 3}},
+    "Bin-5": {"pool": "blur", "pool_options": {"filter_size": 5}},
     "APS": {"pool": "aps"},
 }
 

@@ -31,14 +31,14 @@ def get_config(profile="quick"):
     c.seed_figures = ml_collections.ConfigDict(
         {
             "class_index": 0,  # T-shirt/top
-            "num_images": {"tiny": 32, "quick": 500, "full": 1000}[profile],
+            "num_images": {"tiny": 32, "quick": 300, "full": 1000}[profile],
             "num_examples": 4,
             "seed": 0,
             "transforms": transforms,
             "pool_kinds": ["max", "avg", "min"],
             "pool_options": {"max": {"window": 2}, "avg": {"window": 2}, "min": {"window": 2}},
-            "probe_pools": ["none", "max", "avg"],
-            "probe_seeds": {"tiny": 2, "quick": 5, "full": 20}[profile],
+            "probe_pools": ["none", "max"] if profile != "full" else ["none", "max", "avg"],
+            "probe_seeds": {"tiny": 2, "quick": 3, "full": 20}[profile],
         }
     )
     return c

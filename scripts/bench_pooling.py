@@ -5,7 +5,7 @@
 Input (256, 28, 28, 32) float32, 2x2 windows, stride 2 and stride 1; forward, and forward +
 backward (the pooled output and the input cotangent for a random output cotangent). Prints and
 writes a Markdown table of median milliseconds, effective GB/s and ratios, with this machine's
-copy bandwidth as the floor. Peers run in the same process, so the ratios hold on a noisy,
+copy bandwidth as the floor. Peers run in the same process, timed in interleaved rounds, so the ratios hold on a noisy,
 shared machine even when the absolute times drift.
 
 Effective bytes: forward = |x| + |y|; forward + backward = 2|x| + 2|y| (read x, write y, read
@@ -18,6 +18,10 @@ import argparse
 import os
 import sys
 import time
+
+# Peers are timed in interleaved rounds: torch's OpenMP workers must sleep, not spin, between
+# calls, or they steal the cores from the XLA call that follows (set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -31,16 +35,24 @@ from invariance.io import atomic_write_text, provenance
 SHAPE = (256, 28, 28, 32)
 
 
-def median_ms(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in milliseconds (``fn`` must block until done)."""
-    for _ in range(warmup):
+def interleaved_ms(fns: dict[str, Callable[[], object]], reps: dict[str, int]) -> dict[str, float]:
+    """Median wall time (ms) of each ``fn()``, timed in interleaved rounds.
+
+    Every round times each function once, so a load that comes and goes on a shared machine
+    hits every peer alike and the ratios between them stay meaningful. ``reps[name]`` rounds
+    include that function (slow peers can take fewer). Each ``fn`` must block until done.
+    """
+    for fn in fns.values():  # warm-up: compile and first-touch
         fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(max(reps.values())):
+        for name, fn in fns.items():
+            if r < reps[name]:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
 
 
 def seed_pool2d(fm: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
@@ -75,41 +87,37 @@ def bench(reps: int) -> tuple[list[dict], dict]:
     key = jax.random.key(0)
     x = jax.random.normal(key, SHAPE, jnp.float32)
     nbytes_x = x.size * 4
-    rows: list[dict] = []
-
-    # Floor: the faster of a numpy copy and an XLA copy of x (reads |x|, writes |x|).
     src = np.asarray(x)
     dst = np.empty_like(src)
-    t_np = median_ms(lambda: np.copyto(dst, src), reps)
     xla_copy = jax.jit(lambda a: a * 1.0001)
-    t_xla = median_ms(lambda: xla_copy(x).block_until_ready(), reps)
-    bandwidth = 2 * nbytes_x / (min(t_np, t_xla) * 1e-3) / 1e9  # GB/s
-    floor = {"copy_ms_numpy": t_np, "copy_ms_xla": t_xla, "bandwidth_gbs": bandwidth}
-
     try:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-        xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+        xt = torch.from_numpy(src.transpose(0, 3, 1, 2).copy())
         xt = xt.contiguous(memory_format=torch.channels_last)
     except ImportError:
         torch = None
 
+    # Every timed callable, keyed (stride, impl, "fwd" | "fwdbwd"), plus the copy floor.
+    fns: dict = {
+        ("copy", "numpy"): lambda: np.copyto(dst, src),
+        ("copy", "xla"): lambda: xla_copy(x).block_until_ready(),
+    }
+    reps_of: dict = {k: reps for k in fns}
+    ny: dict[int, int] = {}
     for stride in (2, 1):
         ho = (SHAPE[1] - 2) // stride + 1
         y_shape = (SHAPE[0], ho, ho, SHAPE[3])
-        nbytes_y = int(np.prod(y_shape)) * 4
+        ny[stride] = int(np.prod(y_shape)) * 4
         g = jax.random.normal(jax.random.key(1), y_shape, jnp.float32)
         for name, f in jax_impls(stride).items():
-            fj = jax.jit(f)
-            fb = fwd_bwd(f)
+            fj, fb = jax.jit(f), fwd_bwd(f)
+            fns[(stride, name, "fwd")] = lambda fj=fj: fj(x).block_until_ready()
+            fns[(stride, name, "fwdbwd")] = lambda fb=fb, g=g: jax.block_until_ready(fb(x, g))
             slow = "flax" in name and "max" in name  # XLA's select_and_scatter gradient
-            t_f = median_ms(lambda fj=fj: fj(x).block_until_ready(), reps)
-            t_b = median_ms(
-                lambda fb=fb, g=g: jax.block_until_ready(fb(x, g)),
-                max(3, reps // 10) if slow else reps,
-            )
-            rows.append(dict(stride=stride, impl=name, fwd=t_f, fwdbwd=t_b, ny=nbytes_y))
+            reps_of[(stride, name, "fwd")] = reps
+            reps_of[(stride, name, "fwdbwd")] = max(3, reps // 10) if slow else reps
         if torch is not None:
             F = torch.nn.functional
             gt = torch.from_numpy(np.asarray(g).transpose(0, 3, 1, 2).copy())
@@ -122,20 +130,32 @@ def bench(reps: int) -> tuple[list[dict], dict]:
                     y.backward(gt)
                     xg.grad = None
 
-                with torch.no_grad():
-                    t_f = median_ms(lambda op=op, stride=stride: op(xt, 2, stride), reps)
-                t_b = median_ms(fb_t, reps)
-                rows.append(
-                    dict(
-                        stride=stride,
-                        impl=f"torch {kind}_pool2d (channels_last)",
-                        fwd=t_f,
-                        fwdbwd=t_b,
-                        ny=nbytes_y,
-                    )
+                def f_t(op=op, stride=stride):
+                    with torch.no_grad():
+                        op(xt, 2, stride)
+
+                name = f"torch {kind}_pool2d (channels_last)"
+                fns[(stride, name, "fwd")], fns[(stride, name, "fwdbwd")] = f_t, fb_t
+                reps_of[(stride, name, "fwd")] = reps_of[(stride, name, "fwdbwd")] = reps
+    t = interleaved_ms(fns, reps_of)
+    t_np, t_xla = t.pop(("copy", "numpy")), t.pop(("copy", "xla"))
+    bandwidth = 2 * nbytes_x / (min(t_np, t_xla) * 1e-3) / 1e9  # GB/s
+    floor = {"copy_ms_numpy": t_np, "copy_ms_xla": t_xla, "bandwidth_gbs": bandwidth}
+    rows: list[dict] = []
+    for (stride, name, part), ms in t.items():
+        if part == "fwd":
+            rows.append(
+                dict(
+                    stride=stride,
+                    impl=name,
+                    fwd=ms,
+                    fwdbwd=t[(stride, name, "fwdbwd")],
+                    ny=ny[stride],
                 )
+            )
+    for stride in (2, 1):
         # The seeds' loop: time 64 single-channel maps, extrapolate to 256 x 32 maps.
-        maps = np.asarray(x[:2, :, :, :32]).transpose(0, 3, 1, 2).reshape(-1, 28, 28)
+        maps = src[:2].transpose(0, 3, 1, 2).reshape(-1, 28, 28)
         t0 = time.perf_counter()
         for m in maps:
             seed_pool2d(m, 2, stride)
@@ -146,9 +166,10 @@ def bench(reps: int) -> tuple[list[dict], dict]:
                 impl="seeds' numpy loop (extrapolated)",
                 fwd=per_map * SHAPE[0] * SHAPE[3] * 1e3,
                 fwdbwd=float("nan"),
-                ny=nbytes_y,
+                ny=ny[stride],
             )
         )
+    rows.sort(key=lambda r: -r["stride"])
     for r in rows:
         r["gbs_fwd"] = (nbytes_x + r["ny"]) / (r["fwd"] * 1e-3) / 1e9
         r["gbs_fwdbwd"] = 2 * (nbytes_x + r["ny"]) / (r["fwdbwd"] * 1e-3) / 1e9
@@ -163,7 +184,7 @@ def render(rows: list[dict], floor: dict, reps: int) -> str:
         "",
         f"Command: `python scripts/bench_pooling.py --reps {reps}`  ",
         f"Input {SHAPE} float32 NHWC (torch: NCHW in channels_last), 2x2 windows; "
-        "median over repetitions.  ",
+        "median over interleaved rounds (every peer timed once per round).  ",
         f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}, "
         f"flax {prov['flax']}; commit {prov['git_commit']}; {prov['date']}.  ",
         f"Copy bandwidth floor: {floor['bandwidth_gbs']:.1f} GB/s (numpy copy "

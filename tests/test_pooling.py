@@ -511,3 +511,16 @@ def test_bad_input_raises_one_clear_line(call, match):
     with pytest.raises(ValueError, match=match) as info:
         call(x)
     assert "\n" not in str(info.value)
+
+
+def test_nan_propagates_like_torch():
+    x = np.ones((4, 4, 1), np.float32)
+    x[1, 1, 0] = np.nan  # in the top-left window, not its first element
+    for fn in (lambda a: P.max_pool(a, 2), jax.jit(lambda a: P.max_pool(a, 2))):
+        out = np.asarray(fn(jnp.asarray(x)))[..., 0]
+        assert np.isnan(out[0, 0]) and not np.isnan(out[1, 1])
+    out, vjp = jax.vjp(lambda a: P.max_pool(a, 2), jnp.asarray(x))
+    assert np.isnan(np.asarray(out)[0, 0, 0])
+    (dx,) = vjp(jnp.ones_like(out))
+    # Documented difference from torch: the gradient goes to the first non-NaN maximum.
+    assert float(dx[0, 0, 0]) == 1.0 and float(dx[1, 1, 0]) == 0.0

@@ -114,7 +114,7 @@ def test_every_pooling_kind_trains_a_step(kind):
     from invariance.models import create_model, init_model
     from invariance.train._loop import _make_step
 
-    config = small_config(num_seeds=2)
+    config = small_config(num_seeds=2, vmap_seeds=2)  # jax.vmap (train's CPU default loops)
     model = create_model("small_cnn", pool=kind, widths=(4, 8), hidden=16)
     tx = make_optimizer(config, 1)
     keys = jax.random.split(jax.random.key(0), 2)
@@ -198,6 +198,10 @@ def test_vmapped_seeds_equal_separate_runs(uninterrupted, tmp_path):
         assert_trees_close(seed_i, single.params, rtol=1e-4, atol=1e-5)
         for a, b in zip(uninterrupted.history, single.history, strict=True):
             np.testing.assert_allclose(a["train_loss_per_seed"][i], b["train_loss"], rtol=1e-5)
+    # jax.vmap over both seeds (the GPU / TPU default) trains the same models.
+    config = small_config(num_seeds=2, warmup_epochs=0.5, vmap_seeds=2)
+    vmapped = train(config, workdir=tmp_path / "vmapped")
+    assert_trees_close(vmapped.params, uninterrupted.params, rtol=1e-4, atol=1e-5)
     # The seeds differ from each other: own init and own data order.
     first = leaves(uninterrupted.params)[0]
     assert not np.allclose(first[0], first[1])
@@ -224,6 +228,33 @@ def test_resume_after_a_preemption_equals_uninterrupted(uninterrupted, tmp_path)
     # A finished run called again trains nothing and returns the same.
     again = train(config, workdir=tmp_path)
     assert_trees_equal(uninterrupted.variables, again.variables)
+
+
+_KILLED = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from test_train import small_config
+    from invariance.train import _checkpoint, train
+
+    def die(run_dir, row):  # SIGKILL after epoch 1's checkpoint, before its metrics row
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _checkpoint.append_metrics = die
+    train(small_config(num_seeds=2, warmup_epochs=0.5), workdir={workdir!r})
+    """
+)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path):
+    script = _KILLED.format(tests=str(REPO / "tests"), workdir=str(tmp_path))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, cwd=REPO)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert read_metrics(tmp_path) == []  # killed before the row was appended
+    resumed = train(small_config(num_seeds=2, warmup_epochs=0.5), workdir=tmp_path)
+    assert_trees_equal(uninterrupted.variables, resumed.variables)
+    assert [row["epoch"] for row in read_metrics(tmp_path)] == [1, 2]
 
 
 def test_resume_extends_num_epochs(tmp_path):

@@ -120,6 +120,9 @@ class Pool(nn.Module):
       commutes with it; otherwise it is VALID and ``H`` shrinks by ``window - 1`` (Zhang's).
     - "aps" (Chaman & Dokmanić 2021): adaptive polyphase sampling by ``stride`` (``norm``
       "l2"/"l1"/"linf", optional blur ``filter_size`` with ``pad_mode``, default circular).
+      Avoid ``norm="l1"`` with ``filter_size > 1`` on non-negative maps: a binomial blur
+      (circular padding) removes the Nyquist frequency, so every polyphase component then has
+      the same l1 norm (the sum): rounding decides, and exact shift invariance is lost.
     - "global_avg", "global_max", "global_min": one value per channel, for heads.
     - "strided_conv": a learned ``Conv(features, kernel=window, strides=stride, padding)``
       (``features`` defaults to the input's ``C``; ``use_bias`` default True).

@@ -32,39 +32,56 @@ def _max_pool_core(x: jax.Array, win: Pair, st: Pair, pads: Pads, out_hw: Pair) 
     return functools.reduce(jnp.maximum, _window_slices(xp, win, st, out_hw))
 
 
+def _non_overlapping(win: Pair, st: Pair, pads: Pads) -> bool:
+    return win == st and pads == ((0, 0), (0, 0))
+
+
+def _first_argmax(slices: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Max over the window slices (NaN propagates, as in torch) and the index of the first
+    maximum in row-major order (a later element wins only if strictly greater)."""
+    m = slices[0]
+    idx = jnp.zeros(m.shape, jnp.int8 if len(slices) <= 127 else jnp.int32)
+    for k, sl in enumerate(slices[1:], start=1):
+        better = sl > m
+        m = jnp.where(better, sl, m)
+        idx = jnp.where(better, jnp.asarray(k, idx.dtype), idx)
+    return functools.reduce(jnp.maximum, slices), idx
+
+
 def _max_pool_fwd(x, win, st, pads, out_hw):
+    if _non_overlapping(win, st, pads):
+        # Keep the window index (1 byte per output) instead of x: the backward then needs no
+        # comparisons against the output.
+        out, idx = _first_argmax(_window_slices(x, win, st, out_hw))
+        return out, (idx, x.shape)
     out = _max_pool_core(x, win, st, pads, out_hw)
     return out, (x, out)
 
 
 def _max_pool_bwd(win, st, pads, out_hw, res, g):
+    if _non_overlapping(win, st, pads):
+        # Each input element belongs to at most one window: write the cotangent where the
+        # element's position in its window equals the saved index, in x's own memory layout
+        # (..., Ho, kh, Wo, kw, C) — one fused, transpose-free pass.
+        idx, shape = res
+        lead, (h, w, c) = shape[:-3], shape[-3:]
+        ho, wo = out_hw
+        kh, kw = win
+        pos = jnp.arange(kh, dtype=idx.dtype)[:, None] * kw + jnp.arange(kw, dtype=idx.dtype)
+        pos = pos.reshape(kh, 1, kw, 1)
+        idx6 = idx[..., :, None, :, None, :]
+        g6 = g[..., :, None, :, None, :]
+        dx = jnp.where(idx6 == pos, g6, jnp.zeros((), g.dtype))
+        dx = dx.reshape(*lead, ho * kh, wo * kw, c)
+        if (h, w) != (ho * kh, wo * kw):  # rows / columns that no window covers get zero
+            cfg = [(0, 0)] * len(lead) + [(0, h - ho * kh), (0, w - wo * kw), (0, 0)]
+            dx = jnp.pad(dx, cfg)
+        return (dx,)
     x, out = res
     xp = _pad_hw(x, pads, _lowest(x.dtype))
     padded_hw = (xp.shape[-3], xp.shape[-2])
     g = g.astype(x.dtype)
     zero = jnp.zeros((), g.dtype)
-    if win == st and pads == ((0, 0), (0, 0)):
-        # Non-overlapping windows: every input element belongs to at most one window, so the
-        # gradient is the per-window one-hot, interleaved back in one fused pass.
-        taken = None
-        parts = []
-        for sl in _window_slices(xp, win, st, out_hw):
-            hit = sl == out
-            if taken is None:
-                taken = hit
-            else:
-                hit = hit & ~taken
-                taken = taken | hit
-            parts.append(jnp.where(hit, g, zero))
-        lead = g.shape[:-3]
-        ho, wo, c = g.shape[-3:]
-        dx = jnp.stack(parts, axis=-2).reshape(*lead, ho, wo, win[0], win[1], c)
-        dx = jnp.moveaxis(dx, -3, -4).reshape(*lead, ho * win[0], wo * win[1], c)
-        h, w = x.shape[-3], x.shape[-2]
-        if (h, w) != dx.shape[-3:-1]:  # rows / columns that no window covers get zero
-            cfg = [(0, 0)] * len(lead) + [(0, h - dx.shape[-3]), (0, w - dx.shape[-2]), (0, 0)]
-            dx = jnp.pad(dx, cfg)
-        return (dx,)
     # General windows: sum of the per-element contributions placed back on the padded grid.
     taken = None
     dxp = None
@@ -98,7 +115,9 @@ def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = "VALI
         ``(..., H', W', C)`` with ``H', W' = output_size((H, W), window, stride, padding)``.
 
     The gradient gives each window's whole cotangent to the first maximum in row-major order
-    (torch's convention), computed with a custom VJP that costs about as much as the forward.
+    (torch's convention), computed with a custom VJP (``scripts/bench_pooling.py`` measures
+    it against torch and flax.linen). A NaN in a window makes its output NaN, as in torch; its
+    gradient goes to the first non-NaN maximum (torch sends it to the NaN).
     """
     win, st, pads, out_hw = _geometry(x, window, stride, padding)
     _check_no_empty_window((x.shape[-3], x.shape[-2]), win, st, pads, out_hw)

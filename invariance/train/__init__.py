@@ -13,7 +13,10 @@ How a run is laid out:
   (``P(None, "data")`` for ``(num_seeds, batch, ...)`` arrays), variables and optimizer state
   are replicated; the same code runs on one CPU, N GPUs or a TPU slice. No ``pmap``.
 - **Seeds**: ``num_seeds`` models are stacked on a leading axis of every variable and optimizer
-  state leaf and trained by one ``jax.vmap``-ed step, each with its own init and data order.
+  state leaf and trained by one step program, each with its own init and data order: a
+  ``jax.vmap`` over the seeds on GPU / TPU; on the CPU by default one unrolled copy of the
+  model per seed (``vmap_seeds=1``), since XLA:CPU runs the grouped convolutions that vmap
+  over conv kernels becomes ~10x slower per model (``scripts/bench_train.py``).
 - **One program**: the step is compiled once before the loop (a trace counter raises
   ``RecompileError`` on a second trace); the training set lives on the devices, each step
   gathers its batch by index, so the host only dispatches.

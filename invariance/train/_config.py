@@ -32,6 +32,8 @@ RUNTIME_FIELDS = (
     "log_every_steps",
     "checkpoint_every_epochs",
     "keep_checkpoints",
+    "eval_batch_size",
+    "vmap_seeds",
 )
 
 
@@ -57,6 +59,10 @@ def default_config() -> ml_collections.ConfigDict:
         seed: the root PRNG seed of the run.
         seed_offset: model ``i`` of this run is seed ``seed_offset + i``: a run with
             ``num_seeds=1, seed_offset=i`` trains the same model as index ``i`` of a vmapped run.
+        vmap_seeds: how many seeds one vmapped pass of the step holds; the chunks are
+            unrolled in the same compiled program. None: all of them on GPU / TPU, 1 on the
+            CPU, where vmap over conv kernels (a grouped convolution) is several times slower
+            per model. Changes float rounding only.
         train_examples: use only the first N training examples (None: all).
         eval_examples: evaluate on the first N test examples (None: all).
         workdir: the run directory (checkpoints, config.json, metrics.jsonl); None: a new
@@ -90,6 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
             "num_seeds": 1,
             "seed": 0,
             "seed_offset": 0,
+            "vmap_seeds": config_dict.placeholder(int),
             "train_examples": config_dict.placeholder(int),
             "eval_examples": config_dict.placeholder(int),
             "workdir": config_dict.placeholder(str),
@@ -122,7 +129,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in ("num_epochs", "batch_size", "num_seeds", "checkpoint_every_epochs"):
         if int(config[name]) < 1:
             raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
-    for name in ("eval_batch_size", "train_examples", "eval_examples", "stop_after_epochs"):
+    for name in (
+        "eval_batch_size",
+        "train_examples",
+        "eval_examples",
+        "stop_after_epochs",
+        "vmap_seeds",
+    ):
         if config[name] is not None and int(config[name]) < 1:
             raise ValueError(f"config.{name} must be >= 1 or None, got {config[name]}")
     if config.keep_checkpoints < 1 or config.log_every_steps < 1:

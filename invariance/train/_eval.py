@@ -16,6 +16,43 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
+def resolve_vmap_seeds(vmap_seeds: int | None, num_seeds: int) -> int:
+    """How many seeds one vmapped pass holds: ``vmap_seeds``, or by default all of them on
+    GPU / TPU and 1 on the CPU.
+
+    vmap over conv kernels becomes a grouped convolution (``feature_group_count`` = seeds),
+    which XLA:CPU runs several times slower per model than an ordinary one
+    (``scripts/bench_train.py`` measures it), so on the CPU each seed gets its own copy of the
+    model inside the one program instead.
+    """
+    if vmap_seeds is None:
+        vmap_seeds = 1 if jax.default_backend() == "cpu" else num_seeds
+    return max(1, min(int(vmap_seeds), num_seeds))
+
+
+def map_seeds(fn: Callable, xs: tuple, *, vmap_seeds: int) -> Any:
+    """``jax.vmap(fn)(*xs)`` over the leading (seed) axis, ``vmap_seeds`` seeds at a time.
+
+    All seeds at once is a plain ``jax.vmap``. Fewer splits the seeds into chunks, each
+    vmapped (or, for 1, called as is), unrolled in the traced program and concatenated: one
+    compiled program still, with ``num_seeds / vmap_seeds`` copies of ``fn`` (compile time
+    grows accordingly). Not ``jax.lax.map``: XLA:CPU runs convolution gradients inside a loop
+    body ~60x slower. The results equal the vmapped ones up to float rounding.
+    """
+    num_seeds = jax.tree.leaves(xs)[0].shape[0]
+    if vmap_seeds >= num_seeds:
+        return jax.vmap(fn)(*xs)
+    outs = []
+    for start in range(0, num_seeds, vmap_seeds):
+        part = jax.tree.map(lambda a, s=start: a[s : s + vmap_seeds], xs)
+        if vmap_seeds == 1:
+            out = fn(*jax.tree.map(lambda a: a[0], part))
+            outs.append(jax.tree.map(lambda a: a[None], out))
+        else:
+            outs.append(jax.vmap(fn)(*part))
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *outs)
+
+
 def to_float(images: jax.Array) -> jax.Array:
     """uint8 images in 0..255 -> float32 in [0, 1]; floating images pass through as float32."""
     if jnp.issubdtype(images.dtype, jnp.integer):
@@ -70,9 +107,14 @@ def make_features_fn(model: nn.Module) -> Callable[[Any, jax.Array], tuple[jax.A
     return features_fn
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(jax.jit, static_argnames=("model", "vmap_seeds"))
 def _count_correct(
-    model: nn.Module, variables: Any, images: jax.Array, labels: jax.Array, valid: jax.Array
+    model: nn.Module,
+    variables: Any,
+    images: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    vmap_seeds: int,
 ) -> jax.Array:
     """Correct predictions per seed over chunks: images (K, B, H, W, C) -> int32 (S,)."""
     apply_fn = make_apply_fn(model)
@@ -80,8 +122,8 @@ def _count_correct(
 
     def chunk(total, xs):
         x, y, m = xs
-        logits = jax.vmap(apply_fn, in_axes=(0, None))(variables, x)  # (S, B, classes)
-        hits = (jnp.argmax(logits, -1) == y) & m
+        logits = map_seeds(lambda v: apply_fn(v, x), (variables,), vmap_seeds=vmap_seeds)
+        hits = (jnp.argmax(logits, -1) == y) & m  # logits (S, B, classes)
         return total + hits.sum(-1, dtype=jnp.int32), None
 
     total, _ = jax.lax.scan(chunk, jnp.zeros((num_seeds,), jnp.int32), (images, labels, valid))
@@ -93,8 +135,8 @@ class Evaluator:
 
     The set is padded to whole chunks of ``batch_size`` (rounded up to a multiple of the
     device count), each chunk sharded over the mesh's batch axis; one jitted call scans over
-    the chunks with the models vmapped over seeds, so one evaluation is one dispatch and the
-    program is compiled once per model and set shape.
+    the chunks with the models mapped over seeds (:func:`map_seeds`), so one evaluation is one
+    dispatch and the program is compiled once per model, set shape and seed count.
     """
 
     def __init__(
@@ -122,10 +164,20 @@ class Evaluator:
         self.labels = jax.device_put(labels.reshape(chunks, batch), sharded)
         self.valid = jax.device_put(valid.reshape(chunks, batch), sharded)
 
-    def __call__(self, model: nn.Module, variables: Any) -> np.ndarray:
+    def __call__(
+        self, model: nn.Module, variables: Any, *, vmap_seeds: int | None = None
+    ) -> np.ndarray:
         """Accuracy per seed, float64 ``(num_seeds,)``, of stacked ``variables``."""
         variables = jax.device_put(variables, self.replicated)
-        correct = _count_correct(model, variables, self.images, self.labels, self.valid)
+        num_seeds = jax.tree.leaves(variables)[0].shape[0]
+        correct = _count_correct(
+            model,
+            variables,
+            self.images,
+            self.labels,
+            self.valid,
+            resolve_vmap_seeds(vmap_seeds, num_seeds),
+        )
         return np.asarray(jax.device_get(correct), np.float64) / self.num_examples
 
 
@@ -136,6 +188,7 @@ def evaluate(
     labels: np.ndarray,
     *,
     batch_size: int = 1024,
+    vmap_seeds: int | None = None,
 ) -> np.ndarray:
     """Top-1 accuracy of each of ``num_seeds`` stacked models (vmapped, chunked, jitted).
 
@@ -148,10 +201,11 @@ def evaluate(
         labels: int ``(N,)``.
         batch_size: images per chunk over all devices (rounded up to a multiple of the device
             count); bounds memory, not the result.
+        vmap_seeds: seeds per vmapped pass (see ``default_config``); None: all on GPU / TPU,
+            1 on the CPU.
 
     Returns:
         float64 ``(num_seeds,)``: the fraction of the N images each model classifies correctly.
     """
-    return Evaluator(np.asarray(images), np.asarray(labels), batch_size=batch_size)(
-        model, variables
-    )
+    evaluator = Evaluator(np.asarray(images), np.asarray(labels), batch_size=batch_size)
+    return evaluator(model, variables, vmap_seeds=vmap_seeds)

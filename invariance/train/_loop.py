@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 import logging
 import tempfile
 import time
@@ -33,7 +34,13 @@ from invariance.train._config import (
     make_schedule,
     validate,
 )
-from invariance.train._eval import DATA_AXIS, Evaluator, to_float
+from invariance.train._eval import (
+    DATA_AXIS,
+    Evaluator,
+    map_seeds,
+    resolve_vmap_seeds,
+    to_float,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +193,8 @@ def _make_step(
     ``images`` uint8 (N, H, W, C) and ``labels`` (N,) are the whole training set (replicated);
     ``perms`` int32 (num_seeds, N) the epoch's per-seed orders. The step takes batch
     ``state["step"] % steps_per_epoch`` of each order, shards it over the mesh's data axis,
-    and runs forward, loss, gradient and update of every seed under one ``vmap``.
+    and runs forward, loss, gradient and update of every seed (:func:`map_seeds`: one
+    ``jax.vmap``, or ``config.vmap_seeds`` seeds per vmapped chunk).
     """
     traces = [0]
 
@@ -228,8 +236,10 @@ def _make_step(
         step_keys = jax.vmap(
             lambda k: jax.random.fold_in(jax.random.fold_in(k, STEP_STREAM), step)
         )(_config_keys(config))
-        variables, opt_state, loss, accuracy = jax.vmap(loss_and_update)(
-            state["variables"], state["opt_state"], x, y, step_keys
+        variables, opt_state, loss, accuracy = map_seeds(
+            loss_and_update,
+            (state["variables"], state["opt_state"], x, y, step_keys),
+            vmap_seeds=resolve_vmap_seeds(config.vmap_seeds, config.num_seeds),
         )
         new_state = {"variables": variables, "opt_state": opt_state, "step": step + 1}
         return new_state, {"loss": loss, "accuracy": accuracy}
@@ -243,8 +253,6 @@ def _check_resume(run_dir: Path, config: ml_collections.ConfigDict) -> None:
     path = run_dir / ckpt_lib.CONFIG_FILE
     if not path.exists():
         return
-    import json
-
     old = json.loads(path.read_text())
     new = json.loads(config.to_json())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -288,9 +296,10 @@ def train(
     """Trains ``config.num_seeds`` models in one compiled program; resumes a killed run.
 
     Each step is one call of one jitted program (compiled once, ahead of the loop): for every
-    seed at once (``jax.vmap`` over variables, optimizer state, batch and key) it gathers the
-    seed's batch from the device-resident training set, converts uint8 to float in [0, 1],
-    runs forward, softmax cross-entropy, gradient and the optax update. The global batch
+    seed (``jax.vmap`` over variables, optimizer state, batch and key; on the CPU by default
+    one unrolled copy per seed, see ``vmap_seeds``) it gathers the seed's batch from the
+    device-resident training set, converts uint8 to float in [0, 1], runs forward, softmax
+    cross-entropy, gradient and the optax update. The global batch
     (``batch_size * jax.device_count()``) is sharded over a 1-D mesh of all devices
     (axis ``"data"``), variables and optimizer state are replicated, and the state buffers are
     donated. The last partial batch of an epoch is dropped, so shapes never change.
@@ -451,6 +460,7 @@ def _run_epochs(
                 "eval_examples": len(test_x),
                 "compile_seconds": round(compile_seconds, 3),
                 "seeds": [config.seed_offset + i for i in range(num_seeds)],
+                "vmap_seeds": resolve_vmap_seeds(config.vmap_seeds, num_seeds),
                 "keys": (
                     f"model i: k = fold_in(key({config.seed}), seed_offset + i); init "
                     f"fold_in(k, {INIT_STREAM}); epoch e order "
@@ -509,7 +519,7 @@ def _run_epochs(
         seconds = time.perf_counter() - t_epoch
 
         t_eval = time.perf_counter()
-        test_accuracy = evaluator(model, state["variables"])
+        test_accuracy = evaluator(model, state["variables"], vmap_seeds=config.vmap_seeds)
         eval_seconds = time.perf_counter() - t_eval
         gstep = epoch * steps_per_epoch
         row = {
