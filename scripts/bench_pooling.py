@@ -5,8 +5,8 @@
 Input (256, 28, 28, 32) float32, 2x2 windows, stride 2 and stride 1; forward, and forward +
 backward (the pooled output and the input cotangent for a random output cotangent). Prints and
 writes a Markdown table of median milliseconds, effective GB/s and ratios, with this machine's
-copy bandwidth as the floor. Peers run in the same process, timed in interleaved rounds, so the ratios hold on a noisy,
-shared machine even when the absolute times drift.
+copy bandwidth as the floor. Peers run in the same process, timed in interleaved rounds, so
+the ratios hold on a noisy, shared machine even when the absolute times drift.
 
 Effective bytes: forward = |x| + |y|; forward + backward = 2|x| + 2|y| (read x, write y, read
 the cotangent of y, write the cotangent of x).
