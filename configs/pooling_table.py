@@ -48,7 +48,11 @@ def get_config(profile="quick"):
         },
         {"fn": "severity_curve", "transform": "inverse_mask", "severities": [0.1]},
         {"fn": "severity_curve", "transform": "occlusion", "severities": [8]},
-        {"fn": "translation_sensitivity_map", "max_shift": 4 if profile != "full" else 8},
+        {
+            "fn": "translation_sensitivity_map",
+            "max_shift": 8 if profile == "full" else 4,
+            "num_images": None if profile == "full" else 250,
+        },
     ]
     return c
 

@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--workdir", default=None, help="default runs/reproduce-<profile>")
     rp.add_argument("--out", default=None, help="default results/<profile>")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    rp.add_argument(
+        "--update-readme",
+        default=None,
+        metavar="README",
+        help="also copy the generated tables into README between <!-- results:NAME --> markers",
+    )
     return p
 
 
@@ -158,7 +164,31 @@ def _cmd_reproduce(args) -> int:
     out = Path(args.out or Path("results") / args.profile)
     for p in report(root, out):
         print(p)
+    if args.update_readme:
+        update_readme(Path(args.update_readme), out)
     return 0
+
+
+def update_readme(readme: Path, tables: Path) -> None:
+    """Replaces each ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->`` block of the
+    README with the table in ``tables/NAME.md`` (its heading dropped); written atomically."""
+    import re
+
+    from invariance.io import atomic_write_text
+
+    text = readme.read_text()
+
+    def body(m: re.Match) -> str:
+        name = m.group(1)
+        path = tables / f"{name}.md"
+        if not path.is_file():
+            raise UserError(f"{readme} asks for results:{name} but {path} does not exist")
+        lines = path.read_text().splitlines()
+        table = "\n".join(line for line in lines if not line.startswith("# ")).strip()
+        return f"<!-- results:{name} -->\n{table}\n<!-- /results:{name} -->"
+
+    new = re.sub(r"<!-- results:(\S+) -->.*?<!-- /results:\1 -->", body, text, flags=re.S)
+    atomic_write_text(readme, new)
 
 
 COMMANDS = {

@@ -150,9 +150,11 @@ def resolve(
     apply_overrides(base, overrides or {})
     sweep = module.get_sweep(profile) if hasattr(module, "get_sweep") else [{}]
     cells = []
-    for cell_overrides in sweep:
+    for index, cell_overrides in enumerate(sweep):
         cell = module.get_config(profile)
         apply_overrides(cell, cell_overrides)
         apply_overrides(cell, overrides or {})
+        with cell.unlocked():
+            cell.cell_index = index  # the row order of the report's tables
         cells.append(cell)
     return base, cells

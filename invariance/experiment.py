@@ -60,6 +60,9 @@ def _run_protocol(
 ) -> list[dict[str, Any]]:
     spec = dict(spec)
     name = spec.pop("fn")
+    num_images = spec.pop("num_images", None)  # a protocol may use only the first N images
+    if num_images is not None:
+        images, labels = images[:num_images], labels[:num_images]
     if name not in PROTOCOL_FNS:
         raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
     fn = getattr(measure, name)
@@ -103,6 +106,7 @@ def train_measure(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str
         base = {
             "experiment": cfg.name,
             "label": cfg.cell_name,
+            "cell_index": cfg.get("cell_index", 0),
             "model": tcfg.model,
             "model_options": json.dumps(tcfg.model_options.to_dict(), sort_keys=True),
             "dataset": tcfg.dataset,
@@ -270,7 +274,8 @@ def train_measure_config(name: str, profile: str) -> ml_collections.ConfigDict:
         A ConfigDict with ``name``, ``cell_name``, ``experiment``, ``profile``, ``progress``,
         ``train`` (:func:`invariance.train.default_config` resized) and ``measure``
         (``eval_examples``, ``chunk_size``, ``seed``, ``protocols``: a list of dicts, each with
-        ``fn``, a protocol name of :data:`PROTOCOL_FNS`, and its keyword options).
+        ``fn``, a protocol name of :data:`PROTOCOL_FNS`, optionally ``num_images`` (use only
+        the first N evaluation images), and the protocol's keyword options).
     """
     if profile not in PROFILE_SIZES:
         raise ValueError(f"unknown profile {profile!r}: valid are {', '.join(PROFILE_SIZES)}")

@@ -240,13 +240,21 @@ def _profile_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label in _labels(prof):
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    markers = "os^vD<>ph*Xd"
+    for i, label in enumerate(_labels(prof)):
         by_r: dict[float, list[float]] = defaultdict(list)
         for r in prof:
             if r["label"] == label:
                 by_r[r["ring"]].append(r["relative_l2"])
         radii = sorted(by_r)
-        ax.plot(radii, [np.mean(by_r[k]) for k in radii], marker="o", label=label)
+        ax.plot(
+            radii,
+            [np.mean(by_r[k]) for k in radii],
+            marker=markers[i % len(markers)],
+            color=colors[(2 * i) % 20 + (2 * i) // 20],
+            label=label,
+        )
     ax.set_xlabel("shift |d| (pixels)")
     ax.set_ylabel("normalised distance of logits")
     ax.set_title("Translation sensitivity (Kauderer-Abrams 2017), radial profile")
@@ -272,7 +280,9 @@ def _seed_figures(name: str, rows: list[Row], run_dir: Path, out: Path) -> list[
         what = r.get("kind") or r.get("layer") or "output"
         if net.startswith("probe") and what != "conv2":
             continue
-        key = (net if not net.startswith("pooling") else f"{what} pool", r["transform"])
+        if net.startswith("pooling"):
+            net = "input itself" if what == "identity" else f"{what} pool"
+        key = (net, r["transform"])
         table[(key[0], r["transform"], _sev(r))].append(r["relative_l2"])
         if r["transform"] in ("random_mask", "inverse_mask"):
             lines[key][_sev(r)].append(r["relative_l2"])
@@ -292,7 +302,7 @@ def _seed_figures(name: str, rows: list[Row], run_dir: Path, out: Path) -> list[
         f"# {name}",
         "",
         "Relative L2 change ||f(Tx) - f(x)|| / ||f(x)|| (mean over images and "
-        "probe seeds); `identity` is the change of the input itself.",
+        "probe seeds); `input itself` is the change of the masked input.",
         "",
     ]
     nets = sorted({k[0] for k in table})

@@ -193,3 +193,23 @@ def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path):
         tmp_path / "out3" / "seed_figures.md"
     ).read_bytes()
     assert time.time() - t0 < 900
+
+
+def test_update_readme_replaces_marked_blocks(tmp_path):
+    from invariance.cli import UserError, update_readme
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "pooling_table.md").write_text("# pooling_table\n\n| a |\n| --- |\n| 1 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- results:pooling_table -->\nold\n<!-- /results:pooling_table -->\nend\n"
+    )
+    update_readme(readme, tmp_path / "t")
+    text = readme.read_text()
+    assert "old" not in text and "| 1 |" in text and "# pooling_table" not in text
+    assert text.startswith("intro\n") and text.endswith("end\n")
+    update_readme(readme, tmp_path / "t")
+    assert readme.read_text() == text  # idempotent
+    readme.write_text("<!-- results:missing -->\n<!-- /results:missing -->\n")
+    with pytest.raises(UserError, match="results:missing"):
+        update_readme(readme, tmp_path / "t")

@@ -39,7 +39,7 @@ from invariance.train._config import (
     make_optimizer,
     make_schedule,
 )
-from invariance.train._eval import evaluate, make_apply_fn, make_features_fn
+from invariance.train._eval import evaluate, make_apply_fn, make_features_fn, map_seeds
 from invariance.train._loop import (
     RecompileError,
     TrainingDivergedError,
@@ -59,5 +59,6 @@ __all__ = [
     "make_features_fn",
     "make_optimizer",
     "make_schedule",
+    "map_seeds",
     "train",
 ]

@@ -30,17 +30,28 @@ def resolve_vmap_seeds(vmap_seeds: int | None, num_seeds: int) -> int:
     return max(1, min(int(vmap_seeds), num_seeds))
 
 
-def map_seeds(fn: Callable, xs: tuple, *, vmap_seeds: int) -> Any:
+def map_seeds(fn: Callable, xs: tuple, *, vmap_seeds: int | None = None) -> Any:
     """``jax.vmap(fn)(*xs)`` over the leading (seed) axis, ``vmap_seeds`` seeds at a time.
 
     All seeds at once is a plain ``jax.vmap``. Fewer splits the seeds into chunks, each
-    vmapped (or, for 1, called as is), unrolled in the traced program and concatenated: one
-    compiled program still, with ``num_seeds / vmap_seeds`` copies of ``fn`` (compile time
-    grows accordingly). Not ``jax.lax.map``: XLA:CPU runs convolution gradients inside a loop
-    body ~60x slower. The results equal the vmapped ones up to float rounding.
+    vmapped (or, for 1, called as is: no size-1 vmap), unrolled in the traced program and
+    concatenated: one compiled program still, with ``num_seeds / vmap_seeds`` copies of
+    ``fn`` (compile time grows accordingly). Not ``jax.lax.map``: XLA:CPU runs convolution
+    gradients inside a loop body ~60x slower. The results equal the vmapped ones up to float
+    rounding.
+
+    Args:
+        fn: a function of one seed's slices of ``xs``.
+        xs: a tuple of pytrees whose leaves all have the seed axis first.
+        vmap_seeds: seeds per vmapped chunk; None: :func:`resolve_vmap_seeds`'s default (all
+            on GPU / TPU, 1 on the CPU).
+
+    Returns:
+        ``fn``'s outputs stacked over seeds, as ``jax.vmap(fn)(*xs)`` would give.
     """
     num_seeds = jax.tree.leaves(xs)[0].shape[0]
-    if vmap_seeds >= num_seeds:
+    vmap_seeds = resolve_vmap_seeds(vmap_seeds, num_seeds)
+    if vmap_seeds > 1 and vmap_seeds >= num_seeds:
         return jax.vmap(fn)(*xs)
     outs = []
     for start in range(0, num_seeds, vmap_seeds):
