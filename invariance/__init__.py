@@ -24,7 +24,27 @@ from invariance.pooling import (
 
 __version__ = "0.1.0"
 
+# Heavier modules (optax, orbax, matplotlib behind them) load on first use:
+# ``invariance.train`` or ``from invariance import train`` both work.
+_LAZY = ("config", "experiment", "measure", "models", "report", "sweep", "train")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"invariance.{name}")
+    raise AttributeError(f"module 'invariance' has no attribute {name!r}")
+
+
 __all__ = [
+    "config",
+    "experiment",
+    "measure",
+    "models",
+    "report",
+    "sweep",
+    "train",
     "POOLS",
     "aps_pool",
     "avg_pool",
