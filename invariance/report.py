@@ -28,89 +28,47 @@ Row = dict[str, Any]
 # (header, filter on row fields, value field, scale): one table column.
 Column = tuple[str, dict[str, Any], str, float]
 
+ACC: Column = ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100)
+PARAMS: Column = ("params", {"protocol": "accuracy"}, "num_params", 1)
+TRAIN_S: Column = ("train s", {"protocol": "accuracy"}, "train_seconds", 1)
+
+
+def _consistency(mode: str, header: str) -> Column:
+    return (header, {"protocol": "shift_consistency", "mode": mode}, "consistency", 100)
+
+
+def _severity(transform: str, header: str) -> Column:
+    return (header, {"protocol": "severity_curve", "transform": transform}, "accuracy", 100)
+
+
+CONS_CIRC = _consistency("circular", "consistency circ. ±3 %")
+CONS_CONST = _consistency("constant", "consistency const. ±3 %")
+
 COLUMNS: dict[str, list[Column]] = {
     "pooling_table": [
-        ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100),
-        (
-            "consistency circ. ±3 %",
-            {"protocol": "shift_consistency", "mode": "circular"},
-            "consistency",
-            100,
-        ),
-        (
-            "consistency const. ±3 %",
-            {"protocol": "shift_consistency", "mode": "constant"},
-            "consistency",
-            100,
-        ),
+        ACC,
+        CONS_CIRC,
+        CONS_CONST,
         (
             "1-px P(top-1 change) %",
             {"protocol": "one_pixel_flip_rate", "position": None},
             "p_top1_change",
             100,
         ),
-        (
-            "acc. random mask 0.3 %",
-            {"protocol": "severity_curve", "transform": "random_mask"},
-            "accuracy",
-            100,
-        ),
-        (
-            "acc. grid lines %",
-            {"protocol": "severity_curve", "transform": "line_mask"},
-            "accuracy",
-            100,
-        ),
-        (
-            "acc. inverse mask 0.1 %",
-            {"protocol": "severity_curve", "transform": "inverse_mask"},
-            "accuracy",
-            100,
-        ),
-        (
-            "acc. 8x8 occlusion %",
-            {"protocol": "severity_curve", "transform": "occlusion"},
-            "accuracy",
-            100,
-        ),
-        ("params", {"protocol": "accuracy"}, "num_params", 1),
-        ("train s", {"protocol": "accuracy"}, "train_seconds", 1),
+        _severity("random_mask", "acc. random mask 0.3 %"),
+        _severity("line_mask", "acc. grid lines %"),
+        _severity("inverse_mask", "acc. inverse mask 0.1 %"),
+        _severity("occlusion", "acc. 8x8 occlusion %"),
+        PARAMS,
+        TRAIN_S,
     ],
-    "downsample_input": [
-        ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100),
-        (
-            "consistency circ. ±3 %",
-            {"protocol": "shift_consistency", "mode": "circular"},
-            "consistency",
-            100,
-        ),
-        (
-            "consistency const. ±3 %",
-            {"protocol": "shift_consistency", "mode": "constant"},
-            "consistency",
-            100,
-        ),
-        ("params", {"protocol": "accuracy"}, "num_params", 1),
-        ("train s", {"protocol": "accuracy"}, "train_seconds", 1),
-    ],
+    "downsample_input": [ACC, CONS_CIRC, CONS_CONST, PARAMS, TRAIN_S],
     "cifar10_blurpool": [
-        ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100),
-        (
-            "consistency const. %",
-            {"protocol": "shift_consistency", "mode": "constant"},
-            "consistency",
-            100,
-        ),
-        (
-            "consistency circ. %",
-            {"protocol": "shift_consistency", "mode": "circular"},
-            "consistency",
-            100,
-        ),
+        ACC,
+        _consistency("constant", "consistency const. %"),
+        _consistency("circular", "consistency circ. %"),
     ],
-    "sensitivity_maps": [
-        ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100),
-    ],
+    "sensitivity_maps": [ACC],
 }
 
 

@@ -45,19 +45,8 @@ _TITLES = {
     "synthetic": "synthetic shapes",
 }
 _CLASS_NAMES = {
-    "fashion_mnist": (
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ),
-    "mnist": tuple(str(i) for i in range(10)),
+    "fashion_mnist": _idx.FASHION_MNIST_CLASSES,
+    "mnist": _idx.MNIST_CLASSES,
     "cifar10": (
         "airplane",
         "automobile",

@@ -15,6 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
+# Class names of the IDX datasets (shared by load's class_names and the tfds builders).
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+
 # split -> (images file, labels file), without the optional ".gz".
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -107,25 +107,14 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class FashionMnistLocal(_IdxBuilder):
     """Fashion-MNIST (Xiao et al., 2017) prepared from local IDX files."""
 
-    CLASS_NAMES = (
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    )
+    CLASS_NAMES = _idx.FASHION_MNIST_CLASSES
     HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
 
 
 class MnistLocal(_IdxBuilder):
     """MNIST (LeCun et al., 1998) prepared from local IDX files."""
 
-    CLASS_NAMES = tuple(str(i) for i in range(10))
+    CLASS_NAMES = _idx.MNIST_CLASSES
     HOMEPAGE = "http://yann.lecun.com/exdb/mnist/"
 
 
