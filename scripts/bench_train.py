@@ -410,6 +410,7 @@ def speed(steps: int, reps: int) -> dict:
             variants[name] = v
             labels[name] = (f"torch {torch_version()} CPU, {name.split(' ', 1)[1]}", 1)
     print(f"timing {len(variants)} variants: {reps} x {steps} steps each ...", flush=True)
+    load_before = os.getloadavg()[0]
     t = measure(variants, steps, reps)
     print("profiling ...", flush=True)
 
@@ -420,6 +421,7 @@ def speed(steps: int, reps: int) -> dict:
     print("timing the layers alone ...", flush=True)
     layers = measure(layer_variants(), steps, reps)
     return {
+        "load": (load_before, os.getloadavg()[0]),
         "times": t,
         "labels": labels,
         "steps": steps,
@@ -447,7 +449,11 @@ def render_speed(result: dict, command: str) -> str:
         f"{prov['date']}.  ",
         f"The fastest of {result['reps']} interleaved blocks of {result['steps']} steps (the "
         "median block in brackets: the machine is shared, so other processes add noise). A "
-        "step: gather the batch, uint8 -> float, forward, cross-entropy, backward, AdamW update.",
+        "step: gather the batch, uint8 -> float, forward, cross-entropy, backward, AdamW update. "
+        f"1-minute load average {result['load'][0]:.1f} before the timing and "
+        f"{result['load'][1]:.1f} after, on {os.cpu_count()} cores (torch's OpenMP threads "
+        "slow down most when other processes run). fwd / fwd+bwd: the loss alone and the loss "
+        "with its gradient, run as separate calls on a fixed batch.",
         "",
         "| variant | ms / step (median) | images/s (all models) | images/s per model | fwd ms | "
         "fwd+bwd ms |",
@@ -484,19 +490,6 @@ def render_speed(result: dict, command: str) -> str:
         f"{vm / 4 / ours:.3f} (4 models cost {vm / ours:.2f}x one model's step: XLA:CPU "
         "runs the grouped convolutions that vmap over kernels becomes far slower)"
     )
-    lines += ["", "Where the time goes (ours, num_seeds=1):", ""]
-    fwd, grad = t[("ours", "fwd")], t[("ours", "fwd+bwd")]
-    lines.append(
-        f"- forward {fwd * 1e3:.2f} ms ({fwd / ours:.0%} of the step), backward "
-        f"{(grad - fwd) * 1e3:.2f} ms ({(grad - fwd) / ours:.0%}), gather + uint8->float + "
-        f"AdamW update + dispatch {(ours - grad) * 1e3:.2f} ms ({(ours - grad) / ours:.0%})."
-    )
-    if torch_names:
-        lines.append(
-            f"- torch ({best.split(' ', 1)[1]}): forward {t[(best, 'fwd')] * 1e3:.2f} ms, "
-            f"backward {(t[(best, 'fwd+bwd')] - t[(best, 'fwd')]) * 1e3:.2f} ms, rest "
-            f"{(tb - t[(best, 'fwd+bwd')]) * 1e3:.2f} ms."
-        )
     rows = result["profile"]
     kinds = categorize(rows)
     total = sum(kinds.values())
