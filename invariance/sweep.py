@@ -10,7 +10,6 @@ path on this machine, which is how the tests exercise it).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -133,13 +132,3 @@ def run_sweep(
             if progress:
                 print(f"done job {job.job_id}", flush=True)
     return all_dirs
-
-
-def read_rows(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Every row of every finished cell's ``rows.jsonl``, in folder order."""
-    rows = []
-    for folder in folders:
-        path = Path(folder) / "rows.jsonl"
-        if is_done(folder) and path.is_file():
-            rows.extend(json.loads(line) for line in path.read_text().splitlines() if line)
-    return rows
