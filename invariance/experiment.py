@@ -56,7 +56,7 @@ def _run_protocol(
     images: np.ndarray,
     labels: np.ndarray,
     key: jax.Array,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> list[dict[str, Any]]:
     spec = dict(spec)
     name = spec.pop("fn")
@@ -295,6 +295,6 @@ def train_measure_config(name: str, profile: str) -> ml_collections.ConfigDict:
     c.progress = True
     c.train = tcfg
     c.measure = ml_collections.ConfigDict(
-        {"eval_examples": size["eval_examples"], "chunk_size": 500, "seed": 0, "protocols": []}
+        {"eval_examples": size["eval_examples"], "chunk_size": None, "seed": 0, "protocols": []}
     )
     return c

@@ -327,6 +327,34 @@ def test_translation_sensitivity_map_profile():
 # ----------------------------------------------------------------------------- chunking
 
 
+def test_chunk_images_aims_each_forward_call_at_the_model_batch(monkeypatch):
+    monkeypatch.setitem(_core.MODEL_BATCH, jax.default_backend(), 64)
+    assert _core.model_batch() == 64
+    assert _core.chunk_images(None, 32) == 2
+    assert _core.chunk_images(None, 200) == 1  # never 0
+    assert _core.chunk_images(None, 1) == 64
+    assert _core.chunk_images(5, 32) == 5  # an explicit size wins
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got 0"):
+        _core.chunk_images(0, 1)
+
+
+def test_default_chunk_counts_the_views_of_each_image(monkeypatch):
+    monkeypatch.setitem(_core.MODEL_BATCH, jax.default_backend(), 16)
+    seen = []
+
+    def net(params, x):
+        seen.append(x.shape[0])  # at trace time: images per call (the views are vmapped)
+        return maxpool_net(params, x)
+
+    measure.shift_consistency(net, DENSE, IMAGES, key=KEY, num_pairs=4)  # 8 views / image
+    assert seen == [2]
+    seen.clear()
+    measure.severity_curve(
+        net, DENSE, IMAGES, LABELS, transform="gaussian_noise", severities=[0.1, 0.2], key=KEY
+    )
+    assert set(seen) == {8}  # 2 views / image (and the clean call on the same chunk)
+
+
 # Columns that count events (exact whenever the per-image draws are the same); the others are
 # float means, which XLA may round differently for different batch shapes (see measure docs).
 COUNTS = {"consistency", "accuracy", "clean_accuracy", "top_class_change", "worst_case_accuracy"}
@@ -370,8 +398,11 @@ CHUNKED = {
 
 
 @pytest.mark.parametrize("name", sorted(CHUNKED))
-def test_chunked_equals_unchunked(name):
-    small, big = CHUNKED[name](chunk_size=7), CHUNKED[name](chunk_size=1000)
+@pytest.mark.parametrize("small_chunks", [7, None])
+def test_chunked_equals_unchunked(name, small_chunks, monkeypatch):
+    # None: the automatic size, here forced down to a few images per call.
+    monkeypatch.setitem(_core.MODEL_BATCH, jax.default_backend(), 16)
+    small, big = CHUNKED[name](chunk_size=small_chunks), CHUNKED[name](chunk_size=1000)
     if isinstance(small, dict):
         for k in small:
             if k == "rows":

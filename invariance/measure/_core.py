@@ -53,7 +53,13 @@ MODES = T.TRANSLATE_MODES
 #: Shift directions of one-axis / diagonal translation protocols.
 DIRECTIONS = ("horizontal", "vertical", "diagonal")
 
-DEFAULT_CHUNK_SIZE = 1000
+# Model inputs per forward call that ``chunk_size=None`` aims for. On the CPU the activations
+# of a call must stay in the last-level cache: a SmallCNN forward runs at ~16k images/s at
+# batch 32-64 and falls off a cliff above ~320 (8-9k/s: conv1's output passes 32 MiB of L3);
+# ResNetTiny and ResNet18 peak at 32-64 too (scripts/bench_measure.py, results/benchmarks/
+# measure.md). Accelerators want large batches.
+MODEL_BATCH = {"cpu": 64}
+ACCELERATOR_MODEL_BATCH = 1024
 
 # ----------------------------------------------------------------------------- checks
 
@@ -83,6 +89,21 @@ def int_at_least(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {brief(value)}")
     return int(value)
+
+
+def model_batch() -> int:
+    """The model batch ``chunk_size=None`` aims for on the default backend (64 on the CPU,
+    1024 on a GPU or TPU; see :data:`MODEL_BATCH`)."""
+    return MODEL_BATCH.get(jax.default_backend(), ACCELERATOR_MODEL_BATCH)
+
+
+def chunk_images(chunk_size: Any, views: int) -> int:
+    """Images per jitted call: ``chunk_size`` (an int ``>= 1``), or for ``None``
+    ``max(1, model_batch() // views)``, so that one forward call of a protocol that evaluates
+    ``views`` transformed copies of each image sees about :func:`model_batch` inputs."""
+    if chunk_size is None:
+        return max(1, model_batch() // max(1, int(views)))
+    return int_at_least("chunk_size", chunk_size, 1)
 
 
 def real_at_least(name: str, value: Any, low: float) -> float:

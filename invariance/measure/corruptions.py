@@ -36,7 +36,7 @@ def severity_curve(
     severities: Sequence[float],
     key: jax.Array,
     fill: float | str = 0.0,
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool = False,
     **transform_options: Any,
 ) -> list[dict[str, Any]]:
@@ -77,7 +77,8 @@ def severity_curve(
       key: PRNG key (logged as ``seed``; unused by deterministic families).
       fill: a number, or ``"max"`` / ``"min"`` (each image's extreme), for the families that
         fill.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
       **transform_options: the family's options above.
 
@@ -91,7 +92,7 @@ def severity_curve(
     seed = C.seed_of(key)
     tr = C.resolve_transform(transform, fill, transform_options)
     sev_np, sev_rows = tr.check_severities(severities)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    chunk_size = C.chunk_images(chunk_size, len(sev_np))
     sev = jnp.asarray(sev_np)
 
     @jax.jit
@@ -140,7 +141,7 @@ def occlusion_sensitivity_map(
     size: int = 8,
     stride: int = 2,
     fill: float | str = 0.5,
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     transform_batch: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -160,7 +161,8 @@ def occlusion_sensitivity_map(
       stride: step between positions, ``>= 1``.
       fill: grey level (on the float [0, 1] scale for uint8 input), or ``"mean"``: each
         image's own mean over ``(H, W, C)``.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       transform_batch: positions evaluated at once (``lax.map`` in vmapped batches; ``None``
         = all at once).
       progress: show a tqdm bar over chunks.
@@ -183,11 +185,11 @@ def occlusion_sensitivity_map(
         raise ValueError(f"size must be <= min(H, W) = {min(h, w)}, got {size}")
     stride = C.int_at_least("stride", stride, 1)
     fill = C.check_fill(fill, ("mean",))
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
     if transform_batch is not None:
         transform_batch = C.int_at_least("transform_batch", transform_batch, 1)
     tops, lefts = np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
     corners = np.stack(np.meshgrid(tops, lefts, indexing="ij"), -1).reshape(-1, 2)
+    chunk_size = C.chunk_images(chunk_size, min(transform_batch or len(corners), len(corners)))
     corners_j = jnp.asarray(corners, jnp.int32)
 
     def p_and_top(logits, y):

@@ -42,7 +42,7 @@ def translation_sensitivity_map(
     max_shift: int,
     layer: str | None = None,
     mode: str = "circular",
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     transform_batch: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -63,7 +63,8 @@ def translation_sensitivity_map(
       max_shift: ``s >= 0``; the map is ``(2s + 1, 2s + 1)``.
       layer: None (logits) or a key of ``features_fn``'s output.
       mode: ``"circular"`` or ``"constant"`` shifts.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       transform_batch: shifts evaluated at once (``lax.map`` in vmapped batches; ``None`` =
         all ``(2s + 1)^2`` at once).
       progress: show a tqdm bar over chunks.
@@ -80,9 +81,10 @@ def translation_sensitivity_map(
     n = images.shape[0]
     s = C.int_at_least("max_shift", max_shift, 0)
     C.choice("mode", mode, C.MODES)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
     if transform_batch is not None:
         transform_batch = C.int_at_least("transform_batch", transform_batch, 1)
+    grid_size = (2 * s + 1) ** 2
+    chunk_size = C.chunk_images(chunk_size, min(transform_batch or grid_size, grid_size))
     if layer is not None and not isinstance(layer, str):
         raise ValueError(f"layer must be None or a layer name (str), got {C.brief(layer)}")
     rep = C.check_representation(fn, params, images, layer)
@@ -172,7 +174,7 @@ def layer_stability(
     key: jax.Array,
     layers: Sequence[str] | None = None,
     fill: float | str = 0.0,
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool = False,
     **transform_options: Any,
 ) -> list[dict[str, Any]]:
@@ -194,7 +196,8 @@ def layer_stability(
       key: PRNG key (logged as ``seed``).
       layers: names to report, in this order; default every output, sorted by name.
       fill: as :func:`severity_curve`.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
       **transform_options: the family's options (see :func:`severity_curve`).
 
@@ -209,7 +212,7 @@ def layer_stability(
     if np.ndim(severity) != 0:
         raise ValueError(f"severity must be a single number, got {C.brief(severity)}")
     sev_np, (sev_row,) = tr.check_severities(severity)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    chunk_size = C.chunk_images(chunk_size, 1)
     names = _check_layers(C.feature_names(features_fn, params, images), layers)
     sev = jnp.asarray(sev_np[0])
 
@@ -255,7 +258,7 @@ def equivariance_error(
     total_stride: int,
     shifts: Sequence[tuple[int, int]],
     mode: str = "circular",
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Shift-equivariance error of a feature map: does shifting the input shift the features?
@@ -275,7 +278,8 @@ def equivariance_error(
       total_stride: product of the strides up to that layer (``>= 1``).
       shifts: integer ``(dy, dx)`` pairs, each component divisible by ``total_stride``.
       mode: ``"circular"`` or ``"constant"``.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
 
     Returns:
@@ -293,7 +297,7 @@ def equivariance_error(
     if bad:
         raise ValueError(f"shifts {bad} are not divisible by total_stride={stride}")
     C.choice("mode", mode, C.MODES)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    chunk_size = C.chunk_images(chunk_size, len(pairs))
     if not isinstance(layer, str):
         raise ValueError(f"layer must be a layer name (str), got {C.brief(layer)}")
     rep = C.check_representation(features_fn, params, images, layer)
@@ -362,7 +366,7 @@ def pooling_stability(
     severity: float,
     pool_options: Mapping[str, Mapping[str, Any]] | None = None,
     fill: float | str = 0.0,
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool = False,
     **transform_options: Any,
 ) -> list[dict[str, Any]]:
@@ -388,7 +392,8 @@ def pooling_stability(
       severity: one severity (a number).
       pool_options: optional ``{kind: {option: value}}`` merged over the defaults.
       fill: as :func:`severity_curve`.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
       **transform_options: the family's options (see :func:`severity_curve`).
 
@@ -404,7 +409,7 @@ def pooling_stability(
     if np.ndim(severity) != 0:
         raise ValueError(f"severity must be a single number, got {C.brief(severity)}")
     sev_np, (sev_row,) = tr.check_severities(severity)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    chunk_size = C.chunk_images(chunk_size, 1)
     if isinstance(kinds, str) or not kinds:
         raise ValueError(f"kinds must be a non-empty list of names from {list(pooling.POOLS)}")
     for kind in kinds:

@@ -50,7 +50,7 @@ def shift_consistency(
     mode: str = "circular",
     pairs: str = "two_shifted",
     num_pairs: int = 1,
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Shift consistency of Zhang 2019, "Making Convolutional Networks Shift-Invariant Again".
@@ -72,7 +72,8 @@ def shift_consistency(
       mode: ``"circular"`` (``jnp.roll``) or ``"constant"`` (zero fill).
       pairs: ``"two_shifted"`` or ``"original_vs_shifted"``.
       num_pairs: pairs per image (``>= 1``); consistency averages over images and pairs.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
 
     Returns:
@@ -87,7 +88,7 @@ def shift_consistency(
     C.choice("mode", mode, C.MODES)
     C.choice("pairs", pairs, C.PAIRS)
     num_pairs = C.int_at_least("num_pairs", num_pairs, 1)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    chunk_size = C.chunk_images(chunk_size, num_pairs * (2 if pairs == "two_shifted" else 1))
     need_clean = labels is not None or pairs == "original_vs_shifted"
 
     def shift_one(image, dydx):
@@ -156,7 +157,7 @@ def one_pixel_flip_rate(
     labels: Any = None,
     max_offset: int = 3,
     mode: str = "constant",
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One-pixel diagonal shifts of Azulay & Weiss 2019, "Why do deep convolutional networks
@@ -175,7 +176,8 @@ def one_pixel_flip_rate(
       labels: optional ``(N,)`` ints; adds clean ``accuracy`` to every row.
       max_offset: ``>= 1``; positions ``c = -max_offset..max_offset-1`` (``2 * max_offset``).
       mode: ``"constant"`` (zero fill) or ``"circular"``.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
 
     Returns:
@@ -187,7 +189,7 @@ def one_pixel_flip_rate(
     labels = None if labels is None else C.check_labels(labels, n)
     m = C.int_at_least("max_offset", max_offset, 1)
     C.choice("mode", mode, C.MODES)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
+    chunk_size = C.chunk_images(chunk_size, 2 * m + 1)
     ds = jnp.arange(-m, m + 1, dtype=jnp.int32)
 
     @jax.jit
@@ -246,7 +248,7 @@ def cifar_p_flip_rate(
     shift_max: int = 8,
     direction: str = "horizontal",
     mode: str = "constant",
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Flip probability on translation sequences, as CIFAR-P "translate" (Hendrycks & Dietterich
@@ -265,7 +267,8 @@ def cifar_p_flip_rate(
       shift_max: last frame's shift, ``> shift_min`` (at least two frames).
       direction: ``"horizontal"`` (default), ``"vertical"`` or ``"diagonal"``.
       mode: ``"constant"`` (zero fill, CIFAR-P) or ``"circular"``.
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
 
     Returns:
@@ -279,8 +282,8 @@ def cifar_p_flip_rate(
         raise ValueError(f"shift_max must be > shift_min (two frames or more), got {lo}..{hi}")
     C.choice("direction", direction, C.DIRECTIONS)
     C.choice("mode", mode, C.MODES)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
     ds = jnp.arange(lo, hi + 1, dtype=jnp.int32)
+    chunk_size = C.chunk_images(chunk_size, len(ds))
 
     @jax.jit
     def step(params, key, x, index):
@@ -324,7 +327,7 @@ def spatial_grid_accuracy(
     max_angle: float = 30,
     num_shifts: int = 5,
     num_angles: int = 31,
-    chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     transform_batch: int | None = 25,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -348,7 +351,8 @@ def spatial_grid_accuracy(
       max_angle: rotation limit in degrees (``>= 0``).
       num_shifts: grid points per translation axis (``>= 1``).
       num_angles: grid points in angle (``>= 1``).
-      chunk_size: images per jitted call.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       transform_batch: transforms evaluated at once inside a chunk (``lax.map`` in vmapped
         batches; ``None`` = all at once); memory ~ ``chunk_size * transform_batch`` images.
       progress: show a tqdm bar over chunks.
@@ -365,11 +369,11 @@ def spatial_grid_accuracy(
     a = C.real_at_least("max_angle", max_angle, 0)
     ns = C.int_at_least("num_shifts", num_shifts, 1)
     na = C.int_at_least("num_angles", num_angles, 1)
-    chunk_size = C.int_at_least("chunk_size", chunk_size, 1)
     if transform_batch is not None:
         transform_batch = C.int_at_least("transform_batch", transform_batch, 1)
     shifts, angles = _grid_axis(s, ns), _grid_axis(a, na)
     grid = np.stack(np.meshgrid(shifts, shifts, angles, indexing="ij"), -1).reshape(-1, 3)
+    chunk_size = C.chunk_images(chunk_size, min(transform_batch or len(grid), len(grid)))
     grid_j = jnp.asarray(grid, jnp.float32)
 
     @jax.jit
