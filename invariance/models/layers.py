@@ -14,7 +14,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from invariance import pooling
 
@@ -227,48 +226,4 @@ def as_pair(v: Any) -> tuple[int, int]:
     return (int(h), int(w))
 
 
-def aps_with_index(
-    x: jax.Array,
-    stride: int = 2,
-    norm: str = "l2",
-    *,
-    filter_size: int = 1,
-    pad_mode: str = "circular",
-    index: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """:func:`invariance.pooling.aps_pool` that also returns, or takes, the chosen component.
-
-    A residual block that downsamples with APS must take the SAME polyphase component in its
-    main path and in its shortcut, or the two halves of the sum move differently under a
-    shift and the network loses exact invariance (achaman2/truly_shift_invariant_cnns passes
-    the main path's ``polyphase_indices`` to the shortcut for this reason).
-
-    Args:
-        x: ``(N, H, W, C)``.
-        stride, norm, filter_size, pad_mode: as :func:`invariance.pooling.aps_pool`.
-        index: ``(N,)`` ints in ``[0, stride**2)``: the components to take; ``None`` chooses
-            them by the largest ``norm`` (exactly as ``aps_pool``).
-
-    Returns:
-        ``(y, index)``: ``y`` of shape ``(N, ceil(H / s), ceil(W / s), C)`` and the ``(N,)``
-        component indices (row-major ``i * s + j`` for ``x[:, i::s, j::s]``).
-    """
-    if norm not in pooling.APS_NORMS:
-        raise ValueError(f"unknown norm {norm!r}: valid are {', '.join(pooling.APS_NORMS)}")
-    s = int(stride)
-    if filter_size != 1:
-        x = pooling.blur_pool(x, filter_size, 1, pad_mode)
-    ph, pw = (-x.shape[-3]) % s, (-x.shape[-2]) % s
-    if ph or pw:
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)], mode="wrap")
-    comps = jnp.stack([x[..., i::s, j::s, :] for i in range(s) for j in range(s)], axis=-4)
-    if index is None:
-        if norm == "l2":
-            score = jnp.sum(jnp.square(comps), axis=(-3, -2, -1))
-        elif norm == "l1":
-            score = jnp.sum(jnp.abs(comps), axis=(-3, -2, -1))
-        else:
-            score = jnp.max(jnp.abs(comps), axis=(-3, -2, -1))
-        index = jnp.argmax(lax.stop_gradient(score), axis=-1)
-    y = jnp.take_along_axis(comps, index[..., None, None, None, None], axis=-4)
-    return y[..., 0, :, :, :], index
+aps_with_index = pooling.aps_pool_with_index  # the ResNet shortcut takes the main path's index

@@ -142,6 +142,35 @@ def aps_pool(
     Returns:
         ``(..., ceil(H / s), ceil(W / s), C)``.
     """
+    return aps_pool_with_index(x, stride, norm, filter_size=filter_size, pad_mode=pad_mode)[0]
+
+
+def aps_pool_with_index(
+    x: jax.Array,
+    stride: int = 2,
+    norm: str = "l2",
+    *,
+    filter_size: int = 1,
+    pad_mode: str = "circular",
+    index: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`aps_pool` that also returns the chosen polyphase component, or takes it.
+
+    A residual block that downsamples with APS must take the SAME component in its main path
+    and in its shortcut, or the two halves of the sum move differently under a shift and the
+    network loses exact invariance (Chaman & Dokmanić 2021 pass the main path's polyphase
+    indices to the shortcut for this reason).
+
+    Args:
+        x: ``(..., H, W, C)``.
+        stride, norm, filter_size, pad_mode: as :func:`aps_pool`.
+        index: ``(...)`` ints in ``[0, stride**2)`` (one per example, the leading dims): the
+            components to take; ``None`` chooses them by the largest ``norm``.
+
+    Returns:
+        ``(y, index)``: ``y`` of shape ``(..., ceil(H / s), ceil(W / s), C)`` and the
+        component indices (row-major ``i * s + j`` for ``x[..., i::s, j::s, :]``).
+    """
     _check_rank(x)
     if norm not in APS_NORMS:
         raise ValueError(f"unknown norm {norm!r}: valid are {APS_NORMS}")
@@ -155,11 +184,13 @@ def aps_pool(
     if ph or pw:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)], mode="wrap")
     comps = jnp.stack([x[..., i::s, j::s, :] for i in range(s) for j in range(s)], axis=-4)
-    if norm == "l2":
-        score = jnp.sum(jnp.square(comps), axis=(-3, -2, -1))
-    elif norm == "l1":
-        score = jnp.sum(jnp.abs(comps), axis=(-3, -2, -1))
-    else:
-        score = jnp.max(jnp.abs(comps), axis=(-3, -2, -1))
-    best = jnp.argmax(lax.stop_gradient(score), axis=-1)  # (...,)
-    return jnp.take_along_axis(comps, best[..., None, None, None, None], axis=-4)[..., 0, :, :, :]
+    if index is None:
+        if norm == "l2":
+            score = jnp.sum(jnp.square(comps), axis=(-3, -2, -1))
+        elif norm == "l1":
+            score = jnp.sum(jnp.abs(comps), axis=(-3, -2, -1))
+        else:
+            score = jnp.max(jnp.abs(comps), axis=(-3, -2, -1))
+        index = jnp.argmax(lax.stop_gradient(score), axis=-1)  # (...,)
+    y = jnp.take_along_axis(comps, index[..., None, None, None, None], axis=-4)
+    return y[..., 0, :, :, :], index
