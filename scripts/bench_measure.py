@@ -8,15 +8,17 @@ shifted copies per pair, offsets drawn per image) is measured over the test imag
 pairs twice, with the same model and the same offsets:
 
 * ours: ``invariance.measure.shift_consistency`` with its default chunking (one jitted
-  program per chunk; the shifts are a vmap inside it; a chunk holds ``model_batch // 32``
-  images so each forward call sees about 64 shifted copies on the CPU); its time includes its
-  compile, as the API compiles once per call;
+  program per chunk; the shifts are a vmap inside it; a chunk holds
+  ``model_batch // (2 * pairs)`` images so each forward call sees about 64 shifted copies on
+  the CPU); its time includes its compile, as the API compiles once per call;
 * the loop: for each pair, for each batch of ``--chunk`` images, shift the images on the host
   (numpy, per-image offsets) and call the jitted model on each shifted copy -- what one
   writes first; and the same loop with batches of the model batch ours uses (the loop given
   our tuning);
-* the ceiling: the jitted model alone on as many unshifted images, at that model batch --
-  no shifts, no comparisons: the forward passes every method must pay for.
+* the forward-only reference ("ceiling"): the jitted model alone on as many unshifted float32
+  images, at that model batch, argmax on the host -- no shifts, no comparisons: what the
+  forward passes cost when a plain loop pays for them (ours ships uint8 chunks and keeps the
+  argmax on the device, so it can come out slightly faster; it is a reference, not a bound).
 
 Throughput is images x transforms (shifted copies evaluated) per second; the peak resident
 memory of each part is measured in a fresh child process so one does not hide the other.
@@ -88,6 +90,12 @@ def _ours(args, q) -> None:
     q.put({"seconds": dt, "consistency": rows[0]["consistency"], "peak_rss_mb": rss})
 
 
+def _compile(f, params, x_all: np.ndarray, batch: int) -> None:
+    """Compiles ``f`` for the full batch and for the last, shorter one (outside the timing)."""
+    for size in {batch, len(x_all) % batch or batch}:
+        f(params, x_all[:size]).block_until_ready()
+
+
 def _loop(args, q, batch: int) -> None:
     import jax
 
@@ -104,7 +112,7 @@ def _loop(args, q, batch: int) -> None:
         ci = (cols_idx[None, :] - off[:, 1:2]) % w
         return x[np.arange(len(x))[:, None, None], ri[:, :, None], ci[:, None, :]]
 
-    f(params, x_all[:batch]).block_until_ready()  # compile
+    _compile(f, params, x_all, batch)
     t0 = time.perf_counter()
     agree = 0
     for p in range(args.pairs):
@@ -125,7 +133,7 @@ def _forward(args, q, batch: int) -> None:
     apply_fn, params, images, _ = _setup(args.dataset, args.images, args.workdir)
     f = jax.jit(apply_fn)
     x_all = images.astype(np.float32) / 255.0
-    f(params, x_all[:batch]).block_until_ready()  # compile
+    _compile(f, params, x_all, batch)
     t0 = time.perf_counter()
     for _ in range(2 * args.pairs):  # as many forward passes as the shifted copies
         for s in range(0, len(x_all), batch):
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 (_loop, batch),
             ),
             "ceiling": (
-                f"ceiling: the jitted model alone, unshifted, batches of {batch}",
+                f"forward-only reference: the jitted model alone, unshifted, batches of {batch}",
                 (_forward, batch),
             ),
         }
@@ -228,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- Throughput ours / loop of {args.chunk}: {ratio:.2f}x "
             f"(target >= 5x: {'met' if ratio >= 5 else 'MISSED'}).",
             f"- Ours / the loop at ours' model batch: {secs['matched'] / secs['ours']:.2f}x.",
-            f"- Ours / the forward-only ceiling: {secs['ceiling'] / secs['ours']:.2f}x "
-            "(1.0 = ours costs exactly the model's forward passes).",
+            f"- Ours / the forward-only reference: {secs['ceiling'] / secs['ours']:.2f}x "
+            "(about 1: ours costs what the bare forward passes cost in a plain loop).",
             "",
         ]
     )

@@ -237,7 +237,7 @@ def render(rows: list[dict], floor: dict, reps: int) -> str:
     if "torch_ratio_quartiles" in floor:
         q25, q50, q75 = floor["torch_ratio_quartiles"]
         lines.append(
-            f"- the torch ratio round by round (ours / torch in the same round): median "
+            f"- the torch ratio round by round (ours / torch fwd+bwd, same round): median "
             f"{q50:.3f}, quartiles {q25:.3f}-{q75:.3f}"
         )
     for stride in (1,):

@@ -355,6 +355,23 @@ def test_default_chunk_counts_the_views_of_each_image(monkeypatch):
     assert set(seen) == {8}  # 2 views / image (and the clean call on the same chunk)
 
 
+def test_default_chunk_counts_the_transforms_evaluated_at_once(monkeypatch):
+    # Grid protocols evaluate transform_batch transforms per forward call (lax.map), or all.
+    monkeypatch.setitem(_core.MODEL_BATCH, jax.default_backend(), 24)
+    seen = []
+
+    def net(params, x):
+        seen.append(x.shape[0])
+        return maxpool_net(params, x)
+
+    occ = dict(size=8, stride=4)  # 9 positions on 16x16 images
+    measure.occlusion_sensitivity_map(net, DENSE, IMAGES, LABELS, **occ)
+    assert max(seen) == 2  # 24 // 9
+    seen.clear()
+    measure.occlusion_sensitivity_map(net, DENSE, IMAGES, LABELS, transform_batch=3, **occ)
+    assert max(seen) == 8  # 24 // 3
+
+
 # Columns that count events (exact whenever the per-image draws are the same); the others are
 # float means, which XLA may round differently for different batch shapes (see measure docs).
 COUNTS = {"consistency", "accuracy", "clean_accuracy", "top_class_change", "worst_case_accuracy"}

@@ -364,6 +364,39 @@ def test_aps_picks_largest_norm_component_per_example():
         np.testing.assert_array_equal(got[b], comps[best])
 
 
+def test_aps_pool_with_index_returns_and_takes_the_component_over_leading_dims():
+    x = jnp.asarray(_rng(17).normal(size=(2, 3, 6, 6, 2)).astype(np.float32))
+    y, idx = P.aps_pool_with_index(x, 3, "linf")
+    assert idx.shape == (2, 3) and jnp.issubdtype(idx.dtype, jnp.integer)
+    np.testing.assert_array_equal(y, P.aps_pool(x, 3, "linf"))
+    xn = np.asarray(x)
+    for b, c in np.ndindex(2, 3):
+        i, j = divmod(int(idx[b, c]), 3)
+        np.testing.assert_array_equal(y[b, c], xn[b, c, i::3, j::3])
+    forced = jnp.full((2, 3), 8, jnp.int32)  # the last component, (i, j) = (2, 2)
+    y8, idx8 = P.aps_pool_with_index(x, 3, index=forced)
+    np.testing.assert_array_equal(idx8, forced)
+    np.testing.assert_array_equal(y8, xn[..., 2::3, 2::3, :])
+    # Under jit the values cannot be checked, the shape still is.
+    jitted = jax.jit(lambda x, i: P.aps_pool_with_index(x, 3, index=i)[0])
+    np.testing.assert_array_equal(jitted(x, forced), y8)
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        (np.zeros((2,), np.int32), r"index must be ints of shape \(2, 3\)"),
+        (np.zeros((2, 3), np.float32), "index must be ints of shape"),
+        (np.full((2, 3), 4, np.int32), r"index values must lie in \[0, 4\), got 4..4"),
+        (np.full((2, 3), -1, np.int32), r"index values must lie in \[0, 4\)"),
+    ],
+)
+def test_aps_pool_with_index_rejects_a_bad_index(index, message):
+    x = jnp.zeros((2, 3, 4, 4, 1))
+    with pytest.raises(ValueError, match=message):
+        P.aps_pool_with_index(x, 2, index=index)
+
+
 def test_aps_odd_size_is_padded_circularly():
     x = _rng(16).normal(size=(5, 5, 1)).astype(np.float32)
     assert P.aps_pool(jnp.asarray(x)).shape == (3, 3, 1)

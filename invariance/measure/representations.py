@@ -392,8 +392,8 @@ def pooling_stability(
       severity: one severity (a number).
       pool_options: optional ``{kind: {option: value}}`` merged over the defaults.
       fill: as :func:`severity_curve`.
-      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
-        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      chunk_size: images per jitted call; ``None`` (default): 64 on the CPU, 1024 on a GPU or
+        TPU.
       progress: show a tqdm bar over chunks.
       **transform_options: the family's options (see :func:`severity_curve`).
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from invariance.pooling._geometry import _check_rank, _pair
+from invariance.pooling._geometry import _check_rank, _is_concrete, _pair
 from invariance.pooling._windowed import max_pool
 
 PAD_MODES = {"reflect": "reflect", "constant": "constant", "circular": "wrap"}
@@ -145,6 +145,20 @@ def aps_pool(
     return aps_pool_with_index(x, stride, norm, filter_size=filter_size, pad_mode=pad_mode)[0]
 
 
+def _check_aps_index(index: Any, lead: tuple[int, ...], s: int) -> None:
+    """A given APS index must have the leading dims' shape, integer values in [0, s*s)."""
+    shape = tuple(np.shape(index))
+    if shape != tuple(lead) or not jnp.issubdtype(jnp.result_type(index), jnp.integer):
+        raise ValueError(
+            f"index must be ints of shape {tuple(lead)} (the leading dims), got "
+            f"{jnp.result_type(index)} of shape {shape}"
+        )
+    if _is_concrete(index):
+        a = np.asarray(index)
+        if a.size and (a.min() < 0 or a.max() >= s * s):
+            raise ValueError(f"index values must lie in [0, {s * s}), got {a.min()}..{a.max()}")
+
+
 def aps_pool_with_index(
     x: jax.Array,
     stride: int = 2,
@@ -184,7 +198,9 @@ def aps_pool_with_index(
     if ph or pw:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)], mode="wrap")
     comps = jnp.stack([x[..., i::s, j::s, :] for i in range(s) for j in range(s)], axis=-4)
-    if index is None:
+    if index is not None:
+        _check_aps_index(index, x.shape[:-3], s)
+    else:
         if norm == "l2":
             score = jnp.sum(jnp.square(comps), axis=(-3, -2, -1))
         elif norm == "l1":
