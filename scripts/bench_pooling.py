@@ -10,12 +10,17 @@ the ratios hold on a noisy, shared machine even when the absolute times drift.
 
 Effective bytes: forward = |x| + |y|; forward + backward = 2|x| + 2|y| (read x, write y, read
 the cotangent of y, write the cotangent of x).
+
+XLA_FLAGS in the environment are honoured and written into the table's command line, e.g.
+``XLA_FLAGS=--xla_cpu_use_fusion_emitters=false python scripts/bench_pooling.py --out
+results/benchmarks/pooling_legacy_emitters.md`` measures XLA:CPU's previous loop emitters.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 
@@ -185,12 +190,23 @@ def bench(reps: int) -> tuple[list[dict], dict]:
     return rows, floor
 
 
-def render(rows: list[dict], floor: dict, reps: int) -> str:
+DEFAULT_OUT = "results/benchmarks/pooling.md"
+
+
+def command(reps: int, out: str) -> str:
+    """The command line that makes this table, XLA_FLAGS included when set."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
+    suffix = f" --out {out}" if out != DEFAULT_OUT else ""
+    return f"{prefix}python scripts/bench_pooling.py --reps {reps}{suffix}"
+
+
+def render(rows: list[dict], floor: dict, reps: int, out: str = DEFAULT_OUT) -> str:
     prov = provenance()
     lines = [
         "# Pooling benchmark",
         "",
-        f"Command: `python scripts/bench_pooling.py --reps {reps}`  ",
+        f"Command: `{command(reps, out)}`  ",
         f"Input {SHAPE} float32 NHWC (torch: NCHW in channels_last), 2x2 windows; "
         "median over interleaved rounds (every peer timed once per round).  ",
         f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}, "
@@ -252,10 +268,10 @@ def render(rows: list[dict], floor: dict, reps: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--out", default="results/benchmarks/pooling.md")
+    ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     rows, floor = bench(args.reps)
-    text = render(rows, floor, args.reps)
+    text = render(rows, floor, args.reps, args.out)
     print(text)
     atomic_write_text(args.out, text)
     return 0
