@@ -336,16 +336,29 @@ def test_chunk_images_aims_each_forward_call_at_the_model_batch(monkeypatch):
     assert _core.chunk_images(5, 32) == 5  # an explicit size wins
     with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got 0"):
         _core.chunk_images(0, 1)
+    assert _core.grid_chunking(None, 4, 9) == (16, 4)  # 4 transforms per forward call
+    assert _core.grid_chunking(None, None, 9) == (7, None)  # all 9 at once
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
+        _core.grid_chunking(0, 0, 9)  # chunk_size is checked first, as before it had a default
+    with pytest.raises(ValueError, match="transform_batch must be an int >= 1"):
+        _core.grid_chunking(None, 0, 9)
+
+
+def _recording_net():
+    """``(net, seen)``: maxpool_net that records, at trace time, the images per forward call
+    (the views are vmapped, so this is the chunk of images)."""
+    seen = []
+
+    def net(params, x):
+        seen.append(x.shape[0])
+        return maxpool_net(params, x)
+
+    return net, seen
 
 
 def test_default_chunk_counts_the_views_of_each_image(monkeypatch):
     monkeypatch.setitem(_core.MODEL_BATCH, jax.default_backend(), 16)
-    seen = []
-
-    def net(params, x):
-        seen.append(x.shape[0])  # at trace time: images per call (the views are vmapped)
-        return maxpool_net(params, x)
-
+    net, seen = _recording_net()
     measure.shift_consistency(net, DENSE, IMAGES, key=KEY, num_pairs=4)  # 8 views / image
     assert seen == [2]
     seen.clear()
@@ -358,12 +371,7 @@ def test_default_chunk_counts_the_views_of_each_image(monkeypatch):
 def test_default_chunk_counts_the_transforms_evaluated_at_once(monkeypatch):
     # Grid protocols evaluate transform_batch transforms per forward call (lax.map), or all.
     monkeypatch.setitem(_core.MODEL_BATCH, jax.default_backend(), 24)
-    seen = []
-
-    def net(params, x):
-        seen.append(x.shape[0])
-        return maxpool_net(params, x)
-
+    net, seen = _recording_net()
     occ = dict(size=8, stride=4)  # 9 positions on 16x16 images
     measure.occlusion_sensitivity_map(net, DENSE, IMAGES, LABELS, **occ)
     assert max(seen) == 2  # 24 // 9

@@ -106,6 +106,21 @@ def chunk_images(chunk_size: Any, views: int) -> int:
     return int_at_least("chunk_size", chunk_size, 1)
 
 
+def grid_chunking(
+    chunk_size: Any, transform_batch: Any, num_transforms: int
+) -> tuple[int, int | None]:
+    """Checks ``chunk_size`` then ``transform_batch`` (an int ``>= 1`` or ``None`` = all) of a
+    protocol that evaluates ``num_transforms`` transforms per image, ``transform_batch`` at a
+    time (:func:`map_over`); returns ``(images per call, transform_batch)``, the former from
+    :func:`chunk_images` with that many views per forward call."""
+    if chunk_size is not None:
+        int_at_least("chunk_size", chunk_size, 1)
+    if transform_batch is not None:
+        transform_batch = int_at_least("transform_batch", transform_batch, 1)
+    views = min(transform_batch or num_transforms, num_transforms)
+    return chunk_images(chunk_size, views), transform_batch
+
+
 def real_at_least(name: str, value: Any, low: float) -> float:
     """``float(value)`` for a finite real ``>= low`` (bools rejected), else a ValueError."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -185,11 +185,9 @@ def occlusion_sensitivity_map(
         raise ValueError(f"size must be <= min(H, W) = {min(h, w)}, got {size}")
     stride = C.int_at_least("stride", stride, 1)
     fill = C.check_fill(fill, ("mean",))
-    if transform_batch is not None:
-        transform_batch = C.int_at_least("transform_batch", transform_batch, 1)
     tops, lefts = np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
     corners = np.stack(np.meshgrid(tops, lefts, indexing="ij"), -1).reshape(-1, 2)
-    chunk_size = C.chunk_images(chunk_size, min(transform_batch or len(corners), len(corners)))
+    chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, len(corners))
     corners_j = jnp.asarray(corners, jnp.int32)
 
     def p_and_top(logits, y):

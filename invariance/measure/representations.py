@@ -81,10 +81,7 @@ def translation_sensitivity_map(
     n = images.shape[0]
     s = C.int_at_least("max_shift", max_shift, 0)
     C.choice("mode", mode, C.MODES)
-    if transform_batch is not None:
-        transform_batch = C.int_at_least("transform_batch", transform_batch, 1)
-    grid_size = (2 * s + 1) ** 2
-    chunk_size = C.chunk_images(chunk_size, min(transform_batch or grid_size, grid_size))
+    chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, (2 * s + 1) ** 2)
     if layer is not None and not isinstance(layer, str):
         raise ValueError(f"layer must be None or a layer name (str), got {C.brief(layer)}")
     rep = C.check_representation(fn, params, images, layer)

@@ -369,11 +369,9 @@ def spatial_grid_accuracy(
     a = C.real_at_least("max_angle", max_angle, 0)
     ns = C.int_at_least("num_shifts", num_shifts, 1)
     na = C.int_at_least("num_angles", num_angles, 1)
-    if transform_batch is not None:
-        transform_batch = C.int_at_least("transform_batch", transform_batch, 1)
     shifts, angles = _grid_axis(s, ns), _grid_axis(a, na)
     grid = np.stack(np.meshgrid(shifts, shifts, angles, indexing="ij"), -1).reshape(-1, 3)
-    chunk_size = C.chunk_images(chunk_size, min(transform_batch or len(grid), len(grid)))
+    chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, len(grid))
     grid_j = jnp.asarray(grid, jnp.float32)
 
     @jax.jit
