@@ -10,7 +10,7 @@ import pytest
 
 from invariance import models as M
 from invariance import pooling as P
-from invariance.models.layers import _POOL_OPTIONS, aps_with_index
+from invariance.models.layers import _POOL_OPTIONS
 
 KEY = jax.random.key(0)
 TINY = {"widths": (4, 8), "hidden": 16}
@@ -127,11 +127,11 @@ def test_pool_errors_are_one_line():
 def test_aps_with_index_matches_aps_pool_and_reuses_an_index():
     x = _images((3, 6, 6, 4))
     for norm, filter_size in [("l2", 1), ("l1", 3), ("linf", 2)]:
-        y, idx = aps_with_index(x, 2, norm, filter_size=filter_size)
+        y, idx = P.aps_pool_with_index(x, 2, norm, filter_size=filter_size)
         np.testing.assert_allclose(y, P.aps_pool(x, 2, norm, filter_size=filter_size))
         assert idx.shape == (3,)
     forced = jnp.array([0, 1, 3])
-    y, idx = aps_with_index(x, index=forced)
+    y, idx = P.aps_pool_with_index(x, index=forced)
     np.testing.assert_array_equal(idx, forced)
     np.testing.assert_array_equal(y[2], x[2, 1::2, 1::2])
 

@@ -377,7 +377,7 @@ def test_aps_pool_with_index_returns_and_takes_the_component_over_leading_dims()
     y8, idx8 = P.aps_pool_with_index(x, 3, index=forced)
     np.testing.assert_array_equal(idx8, forced)
     np.testing.assert_array_equal(y8, xn[..., 2::3, 2::3, :])
-    # Under jit the values cannot be checked, the shape still is.
+    # Under jit the index is traced: its shape is checked, its values cannot be.
     jitted = jax.jit(lambda x, i: P.aps_pool_with_index(x, 3, index=i)[0])
     np.testing.assert_array_equal(jitted(x, forced), y8)
 

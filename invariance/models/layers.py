@@ -224,6 +224,3 @@ def as_pair(v: Any) -> tuple[int, int]:
         return (v, v)
     h, w = v
     return (int(h), int(w))
-
-
-aps_with_index = pooling.aps_pool_with_index  # the ResNet shortcut takes the main path's index

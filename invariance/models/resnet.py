@@ -17,7 +17,7 @@ import jax
 
 from invariance import pooling
 from invariance.models.cnn import CONV_PADDINGS, _check_pool, _pool_options
-from invariance.models.layers import Pool, aps_with_index, check_kind
+from invariance.models.layers import Pool, check_kind
 
 __all__ = ["NORMS", "BasicBlock", "ResNet", "ResNet18", "ResNetTiny"]
 
@@ -71,7 +71,7 @@ class BasicBlock(nn.Module):
         y = nn.relu(norm("bn1")(y))
         index = None
         if kind == "aps":
-            y, index = aps_with_index(y, 2, **dict(self.pool_options))
+            y, index = pooling.aps_pool_with_index(y, 2, **dict(self.pool_options))
         elif kind not in ("none", "strided_conv"):
             y = Pool(kind, 2, 2, options=self.pool_options, name="pool")(y, train=train)
         y = conv(self.features, (3, 3), 1, self.conv_padding, name="conv2")(y)
@@ -80,7 +80,9 @@ class BasicBlock(nn.Module):
         shortcut = x
         if kind != "none" or x.shape[-1] != self.features:
             if kind == "aps":
-                shortcut, _ = aps_with_index(x, 2, **dict(self.pool_options), index=index)
+                shortcut, _ = pooling.aps_pool_with_index(
+                    x, 2, **dict(self.pool_options), index=index
+                )
             elif kind not in ("none", "strided_conv"):
                 layer = Pool(kind, 2, 2, options=self.pool_options, name="shortcut_pool")
                 shortcut = layer(x, train=train)

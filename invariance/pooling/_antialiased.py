@@ -191,6 +191,8 @@ def aps_pool_with_index(
     s = _pair(stride, "stride")[0]
     if isinstance(stride, (tuple, list)) and len(set(stride)) != 1:
         raise ValueError(f"aps_pool needs the same stride on both axes, got {stride!r}")
+    if index is not None:
+        _check_aps_index(index, x.shape[:-3], s)
     if filter_size != 1:
         x = blur_pool(x, filter_size, 1, pad_mode)
     h, w = x.shape[-3], x.shape[-2]
@@ -198,9 +200,7 @@ def aps_pool_with_index(
     if ph or pw:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)], mode="wrap")
     comps = jnp.stack([x[..., i::s, j::s, :] for i in range(s) for j in range(s)], axis=-4)
-    if index is not None:
-        _check_aps_index(index, x.shape[:-3], s)
-    else:
+    if index is None:
         if norm == "l2":
             score = jnp.sum(jnp.square(comps), axis=(-3, -2, -1))
         elif norm == "l1":
