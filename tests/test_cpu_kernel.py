@@ -1,0 +1,169 @@
+"""The compiled CPU max-pool kernel: bit-identical to the XLA path, chosen only where it applies,
+and a clean fallback when it cannot be built."""
+
+import os
+import stat
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from invariance import pooling
+from invariance.pooling import _cpu_kernel
+
+pytestmark = pytest.mark.skipif(
+    not _cpu_kernel.load(), reason="the C++ kernel could not be built here (see the warning)"
+)
+
+
+def _values(key, shape):
+    """ReLU'd, rounded normals (many exact ties, zeros) with a NaN, -inf and +inf planted."""
+    x = jnp.round(jax.nn.relu(jax.random.normal(key, shape)) * 4) / 4
+    x = x.at[..., 0, 0, 0].set(jnp.nan)
+    x = x.at[..., 1, 2, -1].set(-jnp.inf)
+    return x.at[..., -1, -1, 0].set(jnp.inf)
+
+
+def _fwd_bwd(x, g, **pool_kw):
+    y, vjp = jax.vjp(lambda x: pooling.max_pool(x, 2, **pool_kw), x)
+    return y, vjp(g)[0]
+
+
+def _both_paths(fn, *args, monkeypatch):
+    """fn(*args) jitted with the kernel, then with INVARIANCE_CPU_KERNELS=0; and the HLO of each."""
+    out = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("INVARIANCE_CPU_KERNELS", flag)
+        jitted = jax.jit(lambda *a: fn(*a))  # a new function: JAX caches traces per function
+        hlo = jitted.lower(*args).as_text()
+        out.append((jitted(*args), hlo))
+    return out
+
+
+def _assert_same(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (3, 8, 8, 32),  # even sides
+        (2, 9, 11, 16),  # odd rows and columns: never read, zero gradient
+        (7, 6, 4),  # unbatched
+        (2, 3, 5, 4, 64),  # two leading dims
+        (1, 3, 3, 8),
+    ],
+)
+def test_kernel_matches_xla_path_bitwise(shape, monkeypatch):
+    x = _values(jax.random.key(0), shape)
+    out_shape = (*shape[:-3], shape[-3] // 2, shape[-2] // 2, shape[-1])
+    g = jax.random.normal(jax.random.key(1), out_shape)
+    (kern, hlo_k), (xla, hlo_x) = _both_paths(_fwd_bwd, x, g, monkeypatch=monkeypatch)
+    assert "invariance_max_pool_2x2_fwd" in hlo_k and "invariance_max_pool_2x2_bwd" in hlo_k
+    assert "invariance_max_pool" not in hlo_x
+    _assert_same(kern, xla)
+    y, dx = kern
+    # The NaN propagates to its window's output; each window's cotangent goes to one element.
+    assert np.isnan(np.asarray(y)[..., 0, 0, 0]).all()
+    np.testing.assert_allclose(
+        np.asarray(dx).sum(axis=(-3, -2)), np.asarray(g).sum(axis=(-3, -2)), rtol=1e-5
+    )
+
+
+def test_min_pool_uses_the_kernel_too(monkeypatch):
+    x = _values(jax.random.key(2), (2, 6, 6, 8))
+    g = jax.random.normal(jax.random.key(3), (2, 3, 3, 8))
+
+    def fb(x, g):
+        y, vjp = jax.vjp(lambda x: pooling.min_pool(x, 2), x)
+        return y, vjp(g)[0]
+
+    (kern, hlo_k), (xla, _) = _both_paths(fb, x, g, monkeypatch=monkeypatch)
+    assert "invariance_max_pool_2x2_fwd" in hlo_k
+    _assert_same(kern, xla)
+
+
+@pytest.mark.parametrize(
+    "shape, kw, dtype",
+    [
+        ((2, 8, 8, 3), {}, jnp.float32),  # channel count without a specialisation
+        ((2, 8, 8, 32), {}, jnp.bfloat16),
+        ((2, 9, 9, 32), {"stride": 1}, jnp.float32),  # overlapping windows
+        ((2, 9, 9, 32), {"padding": "SAME"}, jnp.float32),  # a padded row and column
+    ],
+)
+def test_kernel_only_where_it_applies(shape, kw, dtype, monkeypatch):
+    monkeypatch.setenv("INVARIANCE_CPU_KERNELS", "1")
+    x = jnp.ones(shape, dtype)
+    fn = jax.jit(lambda x: jax.grad(lambda x: pooling.max_pool(x, 2, **kw).sum())(x))
+    assert "invariance_max_pool" not in fn.lower(x).as_text()
+
+
+def test_inference_keeps_the_xla_forward(monkeypatch):
+    """Without a gradient the plain XLA forward (already at copy bandwidth) serves."""
+    monkeypatch.setenv("INVARIANCE_CPU_KERNELS", "1")
+    x = jnp.ones((2, 8, 8, 32))
+    assert "invariance_max_pool" not in jax.jit(lambda x: pooling.max_pool(x, 2)).lower(x).as_text()
+
+
+def test_vmap_of_grad_and_second_order_match(monkeypatch):
+    x = _values(jax.random.key(4), (3, 2, 6, 6, 16))
+    g = jax.random.normal(jax.random.key(5), (3, 2, 3, 3, 16))
+
+    def per_example_grads(x, g):  # vmap over the kernel's calls: a leading batch dim
+        return jax.vmap(lambda xi, gi: _fwd_bwd(xi, gi)[1])(x, g)
+
+    def second_order(x, g):  # differentiate the backward pass itself (linear in g)
+        _, vjp = jax.vjp(lambda x: pooling.max_pool(x, 2), x)
+        return jax.grad(lambda g: jnp.sum(vjp(g)[0] ** 2))(g)
+
+    for fn in (per_example_grads, second_order):
+        (kern, hlo_k), (xla, _) = _both_paths(fn, x, g, monkeypatch=monkeypatch)
+        assert "invariance_max_pool_2x2_bwd" in hlo_k
+        _assert_same(kern, xla)
+
+
+def test_build_is_cached_and_atomic(tmp_path):
+    first = _cpu_kernel.build(tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert _cpu_kernel.build(tmp_path) == first and first.stat().st_mtime_ns == mtime
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left
+
+
+def test_build_errors_name_the_problem(tmp_path):
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        _cpu_kernel.build(tmp_path, compiler=str(tmp_path / "missing-c++"))
+    broken = tmp_path / "broken-c++"
+    broken.write_text("#!/bin/sh\necho 'fake.cc:1: error: boom' >&2\nexit 1\n")
+    broken.chmod(broken.stat().st_mode | stat.S_IXUSR)
+    message = "could not build _cpu_kernels.cc: fake.cc:1: error: boom"
+    with pytest.raises(RuntimeError, match=message):
+        _cpu_kernel.build(tmp_path / "cache", compiler=str(broken))
+    assert list((tmp_path / "cache" / "kernels").iterdir()) == []  # nothing half-written
+
+
+def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
+    def fail(cache, compiler=None):
+        raise RuntimeError("no C++ compiler found (test)")
+
+    monkeypatch.setattr(_cpu_kernel, "_loaded", None)
+    monkeypatch.setattr(_cpu_kernel, "build", fail)
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="using the XLA path: no C\\+\\+ compiler"):
+        assert _cpu_kernel.load() is False
+    assert _cpu_kernel.load() is False  # decided once per process, no second warning
+    x = _values(jax.random.key(6), (2, 4, 4, 8))
+    g = jnp.ones((2, 2, 2, 8))
+    fn = jax.jit(_fwd_bwd)
+    assert "invariance_max_pool" not in fn.lower(x, g).as_text()
+    assert np.isfinite(np.asarray(fn(x, g)[1])).all()
+
+
+def test_env_switch_reads_common_spellings(monkeypatch):
+    for value, expected in (("0", False), ("false", False), ("1", True), ("", True)):
+        monkeypatch.setenv("INVARIANCE_CPU_KERNELS", value)
+        assert _cpu_kernel.enabled() is expected
+    monkeypatch.delenv("INVARIANCE_CPU_KERNELS")
+    assert _cpu_kernel.enabled() and os.environ.get("INVARIANCE_CPU_KERNELS") is None
