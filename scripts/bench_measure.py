@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from invariance import runtime
+
 SHIFT = 3
 
 
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             f" --chunk {args.chunk} --dataset {args.dataset}`  ",
             f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}; "
             f"commit {prov['git_commit']}; {prov['date']}.  ",
+            f"{runtime.malloc_note()}  ",
             f"SmallCNN(pool=max) trained 1 epoch on 12k images; {args.images} test images x "
             f"{args.pairs} pairs of circular shifts (+-{SHIFT} px, per-image offsets, the same in "
             f"all parts); {n_eval:,} shifted copies evaluated. Each part runs twice, in "
@@ -246,4 +249,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_one_malloc_arena()  # before any timing: see invariance/runtime.py
     sys.exit(main())

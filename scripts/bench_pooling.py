@@ -8,6 +8,10 @@ writes a Markdown table of median milliseconds, effective GB/s and ratios, with 
 copy bandwidth as the floor. Peers run in the same process, timed in interleaved rounds, so
 the ratios hold on a noisy, shared machine even when the absolute times drift.
 
+"ours max_pool" is what ``pooling.max_pool`` runs: at stride 2 its gradient path uses the
+compiled CPU kernel (``invariance/pooling/_cpu_kernel.py``); the "XLA path" row is the same
+function traced with ``INVARIANCE_CPU_KERNELS=0`` (at stride 1 both are the XLA path).
+
 Effective bytes: forward = |x| + |y|; forward + backward = 2|x| + 2|y| (read x, write y, read
 the cotangent of y, write the cotangent of x).
 
@@ -19,6 +23,7 @@ results/benchmarks/pooling_legacy_emitters.md`` measures XLA:CPU's previous loop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -34,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invariance import pooling
+from invariance import pooling, runtime
 from invariance.io import atomic_write_text, provenance
 
 SHAPE = (256, 28, 28, 32)
@@ -76,18 +81,46 @@ def seed_pool2d(fm: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
 def jax_impls(stride: int) -> dict[str, Callable]:
     return {
         "ours max_pool": lambda x: pooling.max_pool(x, 2, stride),
+        XLA_PATH: lambda x: pooling.max_pool(x, 2, stride),  # traced with the kernel off
         "flax.linen.max_pool": lambda x: nn.max_pool(x, (2, 2), (stride, stride)),
         "ours avg_pool": lambda x: pooling.avg_pool(x, 2, stride),
         "flax.linen.avg_pool": lambda x: nn.avg_pool(x, (2, 2), (stride, stride)),
     }
 
 
-def fwd_bwd(f: Callable) -> Callable:
+XLA_PATH = "ours max_pool, XLA path (INVARIANCE_CPU_KERNELS=0)"
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None):
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def traced_with(f: Callable, kernels: str | None) -> Callable:
+    """``f`` with ``INVARIANCE_CPU_KERNELS=kernels`` while JAX traces it (None: as set)."""
+
+    def g(*args):
+        with _env("INVARIANCE_CPU_KERNELS", kernels):
+            return f(*args)
+
+    return g
+
+
+def fwd_bwd(f: Callable, kernels: str | None = None) -> Callable:
     def run(x, g):
         y, vjp = jax.vjp(f, x)
         return y, vjp(g)[0]
 
-    return jax.jit(run)
+    return jax.jit(traced_with(run, kernels))
 
 
 def bench(reps: int) -> tuple[list[dict], dict]:
@@ -119,7 +152,8 @@ def bench(reps: int) -> tuple[list[dict], dict]:
         ny[stride] = int(np.prod(y_shape)) * 4
         g = jax.random.normal(jax.random.key(1), y_shape, jnp.float32)
         for name, f in jax_impls(stride).items():
-            fj, fb = jax.jit(f), fwd_bwd(f)
+            kernels = "0" if name == XLA_PATH else None
+            fj, fb = jax.jit(traced_with(f, kernels)), fwd_bwd(f, kernels)
             fns[(stride, name, "fwd")] = lambda fj=fj: fj(x).block_until_ready()
             fns[(stride, name, "fwdbwd")] = lambda fb=fb, g=g: jax.block_until_ready(fb(x, g))
             slow = "flax" in name and "max" in name  # XLA's select_and_scatter gradient
@@ -211,6 +245,7 @@ def render(rows: list[dict], floor: dict, reps: int, out: str = DEFAULT_OUT) -> 
         "median over interleaved rounds (every peer timed once per round).  ",
         f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}, "
         f"flax {prov['flax']}; commit {prov['git_commit']}; {prov['date']}.  ",
+        f"{runtime.malloc_note()}  ",
         f"Copy bandwidth floor: {floor['bandwidth_gbs']:.1f} GB/s (numpy copy "
         f"{floor['copy_ms_numpy']:.2f} ms, XLA copy {floor['copy_ms_xla']:.2f} ms for |x|).",
         "",
@@ -256,6 +291,11 @@ def render(rows: list[dict], floor: dict, reps: int, out: str = DEFAULT_OUT) -> 
             f"- the torch ratio round by round (ours / torch fwd+bwd, same round): median "
             f"{q50:.3f}, quartiles {q25:.3f}-{q75:.3f}"
         )
+    xla = by[(2, XLA_PATH)]
+    lines.append(
+        f"- stride 2: ours fwd+bwd / the same without the CPU kernel (XLA path) = "
+        f"{ours['fwdbwd'] / xla['fwdbwd']:.3f}"
+    )
     for stride in (1,):
         o, f = by[(stride, "ours max_pool")], by[(stride, "flax.linen.max_pool")]
         lines.append(
@@ -278,4 +318,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_one_malloc_arena()  # before any timing: see invariance/runtime.py
     sys.exit(main())

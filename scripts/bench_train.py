@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from invariance import runtime
 from invariance.io import atomic_write_text, provenance
 
 BATCH = 128
@@ -447,6 +448,7 @@ def render_speed(result: dict, command: str) -> str:
         f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}, {prov['device_count']} "
         f"device(s)); jax {prov['jax']}, flax {prov['flax']}; commit {prov['git_commit']}; "
         f"{prov['date']}.  ",
+        f"{runtime.malloc_note()}  ",
         f"The fastest of {result['reps']} interleaved blocks of {result['steps']} steps (the "
         "median block in brackets: the machine is shared, so other processes add noise). A "
         "step: gather the batch, uint8 -> float, forward, cross-entropy, backward, AdamW update. "
@@ -656,4 +658,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    runtime.reexec_with_one_malloc_arena()  # before any timing: see invariance/runtime.py
     sys.exit(main())

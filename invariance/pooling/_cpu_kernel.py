@@ -135,7 +135,8 @@ def load() -> bool:
                 _loaded = True
             except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
                 warnings.warn(
-                    f"invariance: CPU max-pool kernel unavailable, using the XLA path: {e}",
+                    f"invariance: CPU max-pool kernel unavailable, using the XLA path "
+                    f"(INVARIANCE_CPU_KERNELS=0 skips the build): {e}",
                     RuntimeWarning,
                     stacklevel=2,
                 )
