@@ -249,5 +249,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    runtime.reexec_with_one_malloc_arena()  # before any timing: see invariance/runtime.py
+    runtime.reexec_with_steady_malloc()  # before any timing: see invariance/runtime.py
     sys.exit(main())

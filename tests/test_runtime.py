@@ -1,4 +1,4 @@
-"""invariance.runtime: the one-arena re-exec used by the benchmark scripts."""
+"""invariance.runtime: the steady-malloc re-exec used by the benchmark scripts."""
 
 import os
 import subprocess
@@ -11,13 +11,13 @@ from invariance import runtime
 ARGV = ["-c", f"import os; print(os.environ.get({runtime.ENV!r}))"]
 CHILD = (
     "import os; from invariance import runtime; "
-    f"runtime.reexec_with_one_malloc_arena({ARGV!r}); "
+    f"runtime.reexec_with_steady_malloc({ARGV!r}); "
     f"print('not re-executed', os.environ.get({runtime.ENV!r}))"
 )
 
 
 def _run(env_value):
-    env = {k: v for k, v in os.environ.items() if k != runtime.ENV}
+    env = {k: v for k, v in os.environ.items() if k not in runtime.SETTINGS}
     if env_value is not None:
         env[runtime.ENV] = env_value
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True)
@@ -26,14 +26,15 @@ def _run(env_value):
 
 
 @pytest.mark.skipif(not runtime.glibc(), reason="MALLOC_ARENA_MAX is a glibc setting")
-def test_reexec_sets_one_arena_and_keeps_a_users_value():
+def test_reexec_sets_the_settings_and_keeps_a_users_value():
     assert _run(None) == "1"  # the re-executed process printed the setting it started with
     assert _run("4") == "not re-executed 4"
 
 
 def test_malloc_note_names_the_setting(monkeypatch):
+    for name in runtime.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert "none of MALLOC_ARENA_MAX" in runtime.malloc_note() or not runtime.glibc()
     monkeypatch.setenv(runtime.ENV, "1")
     note = runtime.malloc_note()
     assert (f"{runtime.ENV}=1" in note) if runtime.glibc() else ("no arena setting" in note)
-    monkeypatch.delenv(runtime.ENV)
-    assert "unset" in runtime.malloc_note() or not runtime.glibc()
