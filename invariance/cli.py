@@ -231,5 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``invariance`` console script: :func:`main` in a process restarted with steady glibc
+    malloc settings (``invariance.runtime``: ~1.5x faster CPU training steps here)."""
+    from invariance import runtime
+
+    runtime.reexec_with_steady_malloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

@@ -1,4 +1,4 @@
-"""Process-level settings for timing runs on the CPU.
+"""Process-level settings for CPU runs: steady glibc malloc for XLA:CPU's large buffers.
 
 glibc's malloc and XLA:CPU: XLA allocates each program's output buffers on its worker threads.
 glibc serves a large block (tens of MB) with ``mmap`` and unmaps it on free, or trims it off
@@ -13,10 +13,12 @@ alone, and 0-63 with the three settings below:
 - ``MALLOC_MMAP_MAX_=0``: large blocks come from the heap, not from ``mmap``;
 - ``MALLOC_TRIM_THRESHOLD_=2**36``: freed memory stays in the heap for reuse.
 
-The cost is that the process keeps its peak heap until it exits. The benchmark scripts run with
-these; for CPU training, starting ``invariance`` with the same three variables does the same.
-glibc reads them when the process starts (``mallopt`` later does not reach the arenas that
-numpy's and JAX's threads already made), hence the re-exec.
+The cost is that the process keeps its peak heap until it exits. The ``invariance`` command and
+the benchmark scripts start themselves with these settings (a value the user set is kept);
+measured, the SmallCNN gradient step at batch 128 took 34-36 ms with them and 51-56 ms without.
+A script of yours can call :func:`reexec_with_steady_malloc` first. glibc reads the settings
+when the process starts (``mallopt`` later does not reach the arenas that numpy's and JAX's
+threads already made), hence the re-exec.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ def reexec_with_steady_malloc(argv: Sequence[str] | None = None) -> None:
     it replaces the running process). See the module docstring for why.
 
     Args:
-        argv: the script and its arguments; default ``sys.argv``.
+        argv: the interpreter's arguments after the executable (the script or ``-m module``,
+            then its arguments); default ``sys.orig_argv[1:]``, so ``python -m pkg.mod`` is
+            re-run as a module, not as a file.
     """
     if any(k in os.environ for k in SETTINGS) or not glibc():
         return
-    argv = list(sys.argv if argv is None else argv)
+    argv = list(sys.orig_argv[1:] if argv is None else argv)
     os.environ.update(SETTINGS)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -38,3 +38,18 @@ def test_malloc_note_names_the_setting(monkeypatch):
     monkeypatch.setenv(runtime.ENV, "1")
     note = runtime.malloc_note()
     assert (f"{runtime.ENV}=1" in note) if runtime.glibc() else ("no arena setting" in note)
+
+
+def test_cli_module_reexecs_as_a_module(tmp_path):
+    """``python -m invariance.cli`` must come back as ``-m`` (run as a file, its folder would
+    shadow the standard library's ``io`` with invariance/io.py)."""
+    env = {k: v for k, v in os.environ.items() if k not in runtime.SETTINGS}
+    out = subprocess.run(
+        [sys.executable, "-m", "invariance.cli", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "reproduce" in out.stdout
