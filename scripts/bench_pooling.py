@@ -59,15 +59,19 @@ def interleaved_ms(
     """Wall times (ms, one per round) of each ``fn()``, timed in interleaved rounds.
 
     Every round times each function once, so a load that comes and goes on a shared machine
-    hits every peer alike and the ratios between them stay meaningful. ``reps[name]`` rounds
-    include that function (slow peers can take fewer). Each ``fn`` must block until done.
+    hits every peer alike and the ratios between them stay meaningful; the order rotates by
+    one each round, so no peer always follows the same neighbour (whose buffers evict its
+    inputs from the cache). ``reps[name]`` rounds include that function (slow peers can take
+    fewer). Each ``fn`` must block until done.
     """
     for fn in fns.values():  # warm-up: compile and first-touch
         fn()
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
     for r in range(max(reps.values())):
-        for name, fn in fns.items():
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             if r < reps[name]:
                 t0 = time.perf_counter()
                 fn()
@@ -162,6 +166,11 @@ def bench(reps: int) -> tuple[list[dict], dict]:
         for name, f in jax_impls(stride).items():
             kernels = "0" if name == XLA_PATH else None
             fj, fb = jax.jit(traced_with(f, kernels)), fwd_bwd(f, kernels)
+            uses_kernel = "invariance_max_pool" in fb.lower(x, g).as_text()
+            if uses_kernel and name != "ours max_pool":  # the labels must say what ran
+                raise RuntimeError(f"{name} at stride {stride} unexpectedly uses the CPU kernel")
+            if name == "ours max_pool" and stride == 2:
+                kernel_used = uses_kernel
             fns[(stride, name, "fwd")] = lambda fj=fj: fj(x).block_until_ready()
             fns[(stride, name, "fwdbwd")] = lambda fb=fb, g=g: jax.block_until_ready(fb(x, g))
             slow = "flax" in name and "max" in name  # XLA's select_and_scatter gradient
@@ -191,6 +200,7 @@ def bench(reps: int) -> tuple[list[dict], dict]:
     t_np, t_xla = t.pop(("copy", "numpy")), t.pop(("copy", "xla"))
     bandwidth = 2 * nbytes_x / (min(t_np, t_xla) * 1e-3) / 1e9  # GB/s
     floor = {"copy_ms_numpy": t_np, "copy_ms_xla": t_xla, "bandwidth_gbs": bandwidth}
+    floor["kernel_used"] = kernel_used
     # The torch target's ratio round by round: its spread shows how much of a verdict is noise.
     torch_key = (2, TORCH_MAX, "fwdbwd")
     if torch_key in raw:
@@ -237,23 +247,27 @@ def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
     of the same commit gave a torch ratio of 0.43 twice and 0.52-0.54 four times.
     """
     nbytes_x = int(np.prod(SHAPE)) * 4
+    keyed = [{(r["stride"], r["impl"]): r for r in run_rows} for run_rows, _ in runs]
     rows = [dict(r) for r in runs[0][0]]
-    for i, r in enumerate(rows):
+    for r in rows:
+        key = (r["stride"], r["impl"])
         for part in ("fwd", "fwdbwd"):
-            r[part] = float(np.median([run[0][i][part] for run in runs]))
+            r[part] = float(np.median([by[key][part] for by in keyed]))
     floor = {
         k: float(np.median([run[1][k] for run in runs]))
         for k in ("copy_ms_numpy", "copy_ms_xla", "bandwidth_gbs")
     }
     floor["processes"] = len(runs)
+    floor["kernel_used"] = all(run[1]["kernel_used"] for run in runs)
     if all("torch_ratio_rounds" in run[1] for run in runs):
         pooled = np.concatenate([run[1]["torch_ratio_rounds"] for run in runs])
         floor["torch_ratio_quartiles"] = [float(q) for q in np.percentile(pooled, [25, 50, 75])]
-        by_process = []
-        for run_rows, _ in runs:
-            by = {(r["stride"], r["impl"]): r["fwdbwd"] for r in run_rows}
-            by_process.append(by[(2, "ours max_pool")] / by[(2, TORCH_MAX)])
-        floor["torch_ratio_by_process"] = by_process
+        floor["torch_ratio_by_process"] = [
+            by[(2, "ours max_pool")]["fwdbwd"] / by[(2, TORCH_MAX)]["fwdbwd"] for by in keyed
+        ]
+    floor["xla_path_ratio_by_process"] = [
+        by[(2, "ours max_pool")]["fwdbwd"] / by[(2, XLA_PATH)]["fwdbwd"] for by in keyed
+    ]
     for r in rows:
         r["gbs_fwd"] = (nbytes_x + r["ny"]) / (r["fwd"] * 1e-3) / 1e9
         r["gbs_fwdbwd"] = 2 * (nbytes_x + r["ny"]) / (r["fwdbwd"] * 1e-3) / 1e9
@@ -299,6 +313,12 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}, "
         f"flax {prov['flax']}; commit {prov['git_commit']}; {prov['date']}.  ",
         f"{runtime.malloc_note()}  ",
+        "ours max_pool at stride 2, forward + backward: "
+        + (
+            "the compiled CPU kernel (invariance/pooling/_cpu_kernel.py).  "
+            if floor["kernel_used"]
+            else "the XLA path (the CPU kernel was not available here).  "
+        ),
         f"Copy bandwidth floor: {floor['bandwidth_gbs']:.1f} GB/s (numpy copy "
         f"{floor['copy_ms_numpy']:.2f} ms, XLA copy {floor['copy_ms_xla']:.2f} ms for |x|).",
         "",
@@ -347,9 +367,11 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         per = ", ".join(f"{r:.3f}" for r in floor["torch_ratio_by_process"])
         lines.append(f"- the torch ratio in each process: {per}")
     xla = by[(2, XLA_PATH)]
+    per = ", ".join(f"{r:.3f}" for r in floor["xla_path_ratio_by_process"])
     lines.append(
         f"- stride 2: ours fwd+bwd / the same without the CPU kernel (XLA path) = "
-        f"{ours['fwdbwd'] / xla['fwdbwd']:.3f}"
+        f"{ours['fwdbwd'] / xla['fwdbwd']:.3f} (in each process: {per}; the forward-only and "
+        "stride-1 rows run one program twice, so their gap shows the noise)"
     )
     for stride in (1,):
         o, f = by[(stride, "ours max_pool")], by[(stride, "flax.linen.max_pool")]

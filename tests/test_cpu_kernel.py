@@ -12,17 +12,30 @@ import pytest
 from invariance import pooling
 from invariance.pooling import _cpu_kernel
 
-pytestmark = pytest.mark.skipif(
-    not _cpu_kernel.load(), reason="the C++ kernel could not be built here (see the warning)"
+needs_kernel = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not _cpu_kernel.load(),
+    reason="the C++ kernel could not be built here (see the warning), or JAX is not on the CPU",
 )
 
 
 def _values(key, shape):
-    """ReLU'd, rounded normals (many exact ties, zeros) with a NaN, -inf and +inf planted."""
-    x = jnp.round(jax.nn.relu(jax.random.normal(key, shape)) * 4) / 4
-    x = x.at[..., 0, 0, 0].set(jnp.nan)
-    x = x.at[..., 1, 2, -1].set(-jnp.inf)
-    return x.at[..., -1, -1, 0].set(jnp.inf)
+    """ReLU'd, rounded normals (many exact ties and zeros) with NaNs at every window position,
+    windows of signed zeros, -inf and +inf planted where the shape has room."""
+    x = np.array(jnp.round(jax.nn.relu(jax.random.normal(key, shape)) * 4) / 4)
+    h, w, c = shape[-3:]
+    x[..., 0, 0, 0] = np.nan  # window position 0
+    if w >= 4 and c >= 2:
+        x[..., 0, 3, 1] = np.nan  # position 1 of window (0, 1)
+    if h >= 2 and c >= 3:
+        x[..., 1, 0, 2] = np.nan  # position 2 of window (0, 0)
+    if h >= 4 and w >= 4 and c >= 4:
+        x[..., 3, 3, 3] = np.nan  # position 3 of window (1, 1)
+    if h >= 4 and c >= 2:  # window (1, 0): -0 then +0, and +0 then -0
+        x[..., 2:4, 0:2, 0] = [[-0.0, 0.0], [-0.0, -0.0]]
+        x[..., 2:4, 0:2, 1] = [[0.0, -0.0], [-0.0, 0.0]]
+    x[..., 1, 2 % w, -1] = -np.inf
+    x[..., -1, -1, 0] = np.inf
+    return jnp.asarray(x)
 
 
 def _fwd_bwd(x, g, **pool_kw):
@@ -42,15 +55,20 @@ def _both_paths(fn, *args, monkeypatch):
 
 
 def _assert_same(a, b):
+    """Bit for bit: signed zeros and NaN payloads included."""
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+        u, v = np.asarray(u), np.asarray(v)
+        assert u.dtype == v.dtype and u.shape == v.shape
+        np.testing.assert_array_equal(u.view(np.uint32), v.view(np.uint32))
 
 
+@needs_kernel
 @pytest.mark.parametrize(
     "shape",
     [
         (3, 8, 8, 32),  # even sides
         (2, 9, 11, 16),  # odd rows and columns: never read, zero gradient
+        (5, 9, 11, 16),  # the same, split over several threads' chunks
         (7, 6, 4),  # unbatched
         (2, 3, 5, 4, 64),  # two leading dims
         (1, 3, 3, 8),
@@ -72,6 +90,7 @@ def test_kernel_matches_xla_path_bitwise(shape, monkeypatch):
     )
 
 
+@needs_kernel
 def test_min_pool_uses_the_kernel_too(monkeypatch):
     x = _values(jax.random.key(2), (2, 6, 6, 8))
     g = jax.random.normal(jax.random.key(3), (2, 3, 3, 8))
@@ -101,6 +120,13 @@ def test_kernel_only_where_it_applies(shape, kw, dtype, monkeypatch):
     assert "invariance_max_pool" not in fn.lower(x).as_text()
 
 
+def test_no_kernel_on_several_devices(monkeypatch):
+    """A custom call has no sharding rule: with more than one device the XLA path serves."""
+    monkeypatch.setenv("INVARIANCE_CPU_KERNELS", "1")
+    monkeypatch.setattr(jax, "device_count", lambda *a: 4)
+    assert not _cpu_kernel.applies(jnp.ones((2, 8, 8, 32)), (2, 2), (2, 2), ((0, 0), (0, 0)))
+
+
 def test_inference_keeps_the_xla_forward(monkeypatch):
     """Without a gradient the plain XLA forward (already at copy bandwidth) serves."""
     monkeypatch.setenv("INVARIANCE_CPU_KERNELS", "1")
@@ -108,6 +134,7 @@ def test_inference_keeps_the_xla_forward(monkeypatch):
     assert "invariance_max_pool" not in jax.jit(lambda x: pooling.max_pool(x, 2)).lower(x).as_text()
 
 
+@needs_kernel
 def test_vmap_of_grad_and_second_order_match(monkeypatch):
     x = _values(jax.random.key(4), (3, 2, 6, 6, 16))
     g = jax.random.normal(jax.random.key(5), (3, 2, 3, 3, 16))
@@ -119,12 +146,26 @@ def test_vmap_of_grad_and_second_order_match(monkeypatch):
         _, vjp = jax.vjp(lambda x: pooling.max_pool(x, 2), x)
         return jax.grad(lambda g: jnp.sum(vjp(g)[0] ** 2))(g)
 
-    for fn in (per_example_grads, second_order):
+    def gradient_penalty(x, g):  # through x: the grad of a gradient norm (double backprop)
+        x = jnp.nan_to_num(x, nan=0.5, posinf=2.0, neginf=-2.0)
+
+        def penalty(x):
+            dx = jax.grad(lambda x: jnp.sum(pooling.max_pool(x, 2) ** 2 * g))(x)
+            return jnp.sum(dx**2)
+
+        return jax.grad(penalty)(x)
+
+    def forward_over_reverse(x, g):  # a directional derivative of the input cotangent in g
+        _, vjp = jax.vjp(lambda x: pooling.max_pool(x, 2), x)
+        return jax.jvp(lambda g: vjp(g)[0], (g,), (jnp.ones_like(g),))
+
+    for fn in (per_example_grads, second_order, gradient_penalty, forward_over_reverse):
         (kern, hlo_k), (xla, _) = _both_paths(fn, x, g, monkeypatch=monkeypatch)
         assert "invariance_max_pool_2x2_bwd" in hlo_k
         _assert_same(kern, xla)
 
 
+@needs_kernel
 def test_build_is_cached_and_atomic(tmp_path):
     first = _cpu_kernel.build(tmp_path)
     mtime = first.stat().st_mtime_ns

@@ -40,16 +40,17 @@ def test_malloc_note_names_the_setting(monkeypatch):
     assert (f"{runtime.ENV}=1" in note) if runtime.glibc() else ("no arena setting" in note)
 
 
-def test_cli_module_reexecs_as_a_module(tmp_path):
-    """``python -m invariance.cli`` must come back as ``-m`` (run as a file, its folder would
-    shadow the standard library's ``io`` with invariance/io.py)."""
+def test_a_module_is_reexecuted_as_a_module(tmp_path):
+    """``python -m mod`` comes back as ``-m mod`` (``sys.orig_argv``), with the settings."""
+    (tmp_path / "probe_mod.py").write_text(
+        "import os\nfrom invariance import runtime\nruntime.reexec_with_steady_malloc()\n"
+        f"print(__spec__.name if __spec__ else None, os.environ.get({runtime.ENV!r}))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in runtime.SETTINGS}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     out = subprocess.run(
-        [sys.executable, "-m", "invariance.cli", "--help"],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
+        [sys.executable, "-m", "probe_mod"], env=env, capture_output=True, text=True, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
-    assert "reproduce" in out.stdout
+    expected = "probe_mod 1" if runtime.glibc() else "probe_mod None"
+    assert out.stdout.strip() == expected

@@ -53,9 +53,10 @@ MODES = T.TRANSLATE_MODES
 #: Shift directions of one-axis / diagonal translation protocols.
 DIRECTIONS = ("horizontal", "vertical", "diagonal")
 
-# Model inputs per forward call that ``chunk_size=None`` aims for. On the CPU the activations
-# of a call must stay in the last-level cache: a SmallCNN forward runs at ~16k images/s at
-# batch 32-64 and falls off a cliff above ~320 (8-9k/s: conv1's output passes 32 MiB of L3);
+# Model inputs per forward call that ``chunk_size=None`` aims for. On the CPU small calls are
+# fastest: a SmallCNN forward runs at ~16.5k images/s at batch 16-64 and 14-15k at 256-2048
+# with steady malloc (invariance/runtime.py); with glibc's default malloc, large calls
+# page-fault their big activations in again on every call and fall to 8-9k/s at 512-2048.
 # ResNetTiny and ResNet18 peak at 32-64 too (scripts/bench_measure.py, results/benchmarks/
 # measure.md). Accelerators want large batches.
 MODEL_BATCH = {"cpu": 64}

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -62,6 +63,9 @@ def applies(x: jax.Array, win: tuple[int, int], st: tuple[int, int], pads) -> bo
         and x.shape[-1] in SUPPORTED_CHANNELS
         and enabled()
         and jax.default_backend() == "cpu"
+        # A custom call has no sharding rule: on a multi-device mesh XLA would gather the batch
+        # onto every device. The XLA path partitions like any other op.
+        and jax.device_count() == 1
         and load()
     )
 
@@ -71,7 +75,8 @@ def build(cache: Path, compiler: str | None = None) -> Path:
 
     Args:
         cache: the invariance cache folder.
-        compiler: the C++ compiler; default ``$CXX``, else the first of c++, g++, clang++.
+        compiler: the C++ compiler command (may carry a launcher, e.g. "ccache g++"); default
+            ``$CXX``, else the first of c++, g++, clang++ on the PATH.
 
     Returns:
         The shared library's path.
@@ -84,14 +89,19 @@ def build(cache: Path, compiler: str | None = None) -> Path:
         or os.environ.get("CXX")
         or next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
     )
-    if not cxx or not shutil.which(cxx):
+    argv = shlex.split(cxx) if cxx else []
+    if not argv or not shutil.which(argv[0]):
         raise RuntimeError(f"no C++ compiler found (tried $CXX, c++, g++, clang++; got {cxx!r})")
-    source = SOURCE.read_bytes()
+    try:  # the compiler's own version line, so an upgraded compiler builds anew
+        version = subprocess.run(
+            [*argv, "--version"], capture_output=True, text=True, timeout=60
+        ).stdout.partition("\n")[0]
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    parts = [SOURCE.read_bytes(), " ".join(FLAGS), jaxlib.__version__, cxx, version]
+    parts += [platform.machine(), platform.system()]
     key = hashlib.sha256(
-        b"\0".join(
-            [source, " ".join(FLAGS).encode(), jaxlib.__version__.encode(), cxx.encode()]
-            + [platform.machine().encode(), platform.system().encode()]
-        )
+        b"\0".join(p if isinstance(p, bytes) else p.encode() for p in parts)
     ).hexdigest()[:16]
     target = cache / "kernels" / f"max_pool_2x2-{key}.so"
     if target.exists():
@@ -99,7 +109,7 @@ def build(cache: Path, compiler: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    cmd = [*argv, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -162,13 +172,25 @@ def _ffi_backward(g: jax.Array, idx: jax.Array, shape: tuple[int, ...]) -> jax.A
     )(g, idx)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def forward(x: jax.Array, xla_forward: Callable[[jax.Array], tuple]) -> tuple[jax.Array, jax.Array]:
     """``(y, idx)``: the pooled ``(..., H//2, W//2, C)`` output and the int8 row-major index of
-    each window's first maximum; the kernel on CPU, ``xla_forward(x)`` on other platforms."""
+    each window's first maximum; the kernel on CPU, ``xla_forward(x)`` on other platforms.
+
+    Differentiable (the tangent is ``xla_forward``'s), so derivatives that reach through the
+    custom VJP's forward rule, e.g. the gradient of a gradient norm, still work.
+    """
     return lax.platform_dependent(x, cpu=_ffi_forward, default=xla_forward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@forward.defjvp
+def _forward_jvp(xla_forward, primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    _, out_dot = jax.jvp(xla_forward, (x,), (x_dot,))
+    return forward(x, xla_forward), out_dot
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def backward(
     g: jax.Array,
     idx: jax.Array,
@@ -179,25 +201,19 @@ def backward(
     window index ``idx`` (both ``(..., H//2, W//2, C)``); the kernel on CPU,
     ``xla_backward(g, idx)`` on other platforms.
 
-    The result is linear in ``g``; its own derivative is the transpose of ``xla_backward``, so
-    second-order differentiation works through the kernel too.
+    The result is linear in ``g``; its tangent is ``xla_backward(g_dot, idx)``, which JAX can
+    also transpose, so forward- and reverse-mode derivatives of a gradient work through it.
     """
     return lax.platform_dependent(
         g, idx, cpu=functools.partial(_ffi_backward, shape=shape), default=xla_backward
     )
 
 
-def _backward_fwd(g, idx, shape, xla_backward):
-    return backward(g, idx, shape, xla_backward), idx
-
-
-def _backward_bwd(shape, xla_backward, idx, ct):
-    like = jax.ShapeDtypeStruct(idx.shape, ct.dtype)
-    (ct_g,) = jax.linear_transpose(lambda g: xla_backward(g, idx), like)(ct)
-    return ct_g, None
-
-
-backward.defvjp(_backward_fwd, _backward_bwd)
+@backward.defjvp
+def _backward_jvp(shape, xla_backward, primals, tangents):
+    g, idx = primals
+    g_dot, _ = tangents
+    return backward(g, idx, shape, xla_backward), xla_backward(g_dot, idx)
 
 
 __all__ = ["SUPPORTED_CHANNELS", "applies", "backward", "build", "enabled", "forward", "load"]

@@ -17,7 +17,8 @@
 // Semantics (those of _first_argmax in _windowed.py):
 //   index = position (0..3, row-major) of the FIRST maximum: a later element wins only if it is
 //           strictly greater (so a NaN never wins the index, unless it is element 0);
-//   y     = the window maximum, NaN if any element is NaN (torch's max_pool2d propagates NaN).
+//   y     = the window maximum as XLA's maximum computes it: NaN if any element is NaN (as
+//           torch's max_pool2d), and +0 rather than -0 when both are there.
 //
 // Speed note, measured on the 2-core AMD EPYC that develops this: the per-pixel channel loop
 // must be fully unrolled (C a compile-time constant). The same code with a runtime channel count,
@@ -96,6 +97,14 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, F body) {
   state->cv.wait(lock, [&] { return state->done.load() == chunks; });
 }
 
+// XLA's maximum, bit for bit: a NaN propagates (once taken it stays: v > NaN is false) and
+// +0 beats -0 whatever the order (for equal values, AND-ing the bits clears a lone sign bit).
+inline vf Maximum(vf a, vf b) {
+  const vf equal_max = (vf)((vi)a & (vi)b);
+  const vf larger = ((b > a) | (b != b)) ? b : a;
+  return (a == b) ? equal_max : larger;
+}
+
 struct Geometry {
   int64_t n, h, w, ho, wo;  // n: product of the leading dims
 };
@@ -141,10 +150,7 @@ void ForwardRows(const float* x, float* y, int8_t* idx, const Geometry& g, int64
         at = win ? (vi){2, 2, 2, 2} : at;
         win = v3 > best;
         at = win ? (vi){3, 3, 3, 3} : at;
-        // NaN-propagating maximum: a NaN, once taken, is never replaced (v > NaN is false).
-        out = ((v1 > out) | (v1 != v1)) ? v1 : out;
-        out = ((v2 > out) | (v2 != v2)) ? v2 : out;
-        out = ((v3 > out) | (v3 != v3)) ? v3 : out;
+        out = Maximum(Maximum(Maximum(out, v1), v2), v3);
         Store(yo + c, out);
         Store(io + c, __builtin_convertvector(at, vb));
       }
@@ -192,6 +198,10 @@ ffi::Error Forward(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x,
   bool ok = false;
   const Geometry g = GeometryOf(x.dimensions(), C, &ok);
   if (!ok) return ffi::Error::InvalidArgument("max_pool_2x2_fwd: x must be (..., H, W, C)");
+  const size_t pooled = static_cast<size_t>(g.n * g.ho * g.wo * C);
+  if (y->element_count() != pooled || idx->element_count() != pooled) {
+    return ffi::Error::InvalidArgument("max_pool_2x2_fwd: outputs must be (..., H/2, W/2, C)");
+  }
   const float* xp = x.typed_data();
   float* yp = y->typed_data();
   int8_t* ip = idx->typed_data();
@@ -206,6 +216,10 @@ ffi::Error Backward(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& gy, ffi::Buffe
   bool ok = false;
   const Geometry g = GeometryOf(dx->dimensions(), C, &ok);
   if (!ok) return ffi::Error::InvalidArgument("max_pool_2x2_bwd: dx must be (..., H, W, C)");
+  const size_t pooled = static_cast<size_t>(g.n * g.ho * g.wo * C);
+  if (gy.element_count() != pooled || idx.element_count() != pooled) {
+    return ffi::Error::InvalidArgument("max_pool_2x2_bwd: gy and idx must be (..., H/2, W/2, C)");
+  }
   const float* gp = gy.typed_data();
   const int8_t* ip = idx.typed_data();
   float* dp = dx->typed_data();
