@@ -294,9 +294,13 @@ DEFAULT_OUT = "results/benchmarks/pooling.md"
 
 
 def command(reps: int, processes: int, out: str) -> str:
-    """The command line that makes this table, XLA_FLAGS included when set."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
+    """The command line that makes this table, XLA_FLAGS and INVARIANCE_CPU_KERNELS included
+    when set."""
+    prefix = "".join(
+        f"{name}={shlex.quote(os.environ[name])} "
+        for name in ("XLA_FLAGS", "INVARIANCE_CPU_KERNELS")
+        if os.environ.get(name)
+    )
     suffix = f" --out {out}" if out != DEFAULT_OUT else ""
     return f"{prefix}python scripts/bench_pooling.py --reps {reps} --processes {processes}{suffix}"
 
@@ -317,7 +321,7 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         + (
             "the compiled CPU kernel (invariance/pooling/_cpu_kernel.py).  "
             if floor["kernel_used"]
-            else "the XLA path (the CPU kernel was not available here).  "
+            else "the XLA path (the CPU kernel was off or not available here).  "
         ),
         f"Copy bandwidth floor: {floor['bandwidth_gbs']:.1f} GB/s (numpy copy "
         f"{floor['copy_ms_numpy']:.2f} ms, XLA copy {floor['copy_ms_xla']:.2f} ms for |x|).",
