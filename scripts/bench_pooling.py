@@ -11,10 +11,6 @@ the ratios hold on a noisy, shared machine even when the absolute times drift; a
 measurement runs in several fresh processes (see :func:`combine` for why), whose medians are
 combined.
 
-"ours max_pool" is what ``pooling.max_pool`` runs: at stride 2 its gradient path uses the
-compiled CPU kernel (``invariance/pooling/_cpu_kernel.py``); the "XLA path" row is the same
-function traced with ``INVARIANCE_CPU_KERNELS=0`` (at stride 1 both are the XLA path).
-
 Effective bytes: forward = |x| + |y|; forward + backward = 2|x| + 2|y| (read x, write y, read
 the cotangent of y, write the cotangent of x).
 
@@ -26,7 +22,6 @@ results/benchmarks/pooling_legacy_emitters.md`` measures XLA:CPU's previous loop
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -93,46 +88,18 @@ def seed_pool2d(fm: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
 def jax_impls(stride: int) -> dict[str, Callable]:
     return {
         "ours max_pool": lambda x: pooling.max_pool(x, 2, stride),
-        XLA_PATH: lambda x: pooling.max_pool(x, 2, stride),  # traced with the kernel off
         "flax.linen.max_pool": lambda x: nn.max_pool(x, (2, 2), (stride, stride)),
         "ours avg_pool": lambda x: pooling.avg_pool(x, 2, stride),
         "flax.linen.avg_pool": lambda x: nn.avg_pool(x, (2, 2), (stride, stride)),
     }
 
 
-XLA_PATH = "ours max_pool, XLA path (INVARIANCE_CPU_KERNELS=0)"
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str | None):
-    old = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-def traced_with(f: Callable, kernels: str | None) -> Callable:
-    """``f`` with ``INVARIANCE_CPU_KERNELS=kernels`` while JAX traces it (None: as set)."""
-
-    def g(*args):
-        with _env("INVARIANCE_CPU_KERNELS", kernels):
-            return f(*args)
-
-    return g
-
-
-def fwd_bwd(f: Callable, kernels: str | None = None) -> Callable:
+def fwd_bwd(f: Callable) -> Callable:
     def run(x, g):
         y, vjp = jax.vjp(f, x)
         return y, vjp(g)[0]
 
-    return jax.jit(traced_with(run, kernels))
+    return jax.jit(run)
 
 
 def bench(reps: int) -> tuple[list[dict], dict]:
@@ -164,13 +131,7 @@ def bench(reps: int) -> tuple[list[dict], dict]:
         ny[stride] = int(np.prod(y_shape)) * 4
         g = jax.random.normal(jax.random.key(1), y_shape, jnp.float32)
         for name, f in jax_impls(stride).items():
-            kernels = "0" if name == XLA_PATH else None
-            fj, fb = jax.jit(traced_with(f, kernels)), fwd_bwd(f, kernels)
-            uses_kernel = "invariance_max_pool" in fb.lower(x, g).as_text()
-            if uses_kernel and name != "ours max_pool":  # the labels must say what ran
-                raise RuntimeError(f"{name} at stride {stride} unexpectedly uses the CPU kernel")
-            if name == "ours max_pool" and stride == 2:
-                kernel_used = uses_kernel
+            fj, fb = jax.jit(f), fwd_bwd(f)
             fns[(stride, name, "fwd")] = lambda fj=fj: fj(x).block_until_ready()
             fns[(stride, name, "fwdbwd")] = lambda fb=fb, g=g: jax.block_until_ready(fb(x, g))
             slow = "flax" in name and "max" in name  # XLA's select_and_scatter gradient
@@ -200,7 +161,6 @@ def bench(reps: int) -> tuple[list[dict], dict]:
     t_np, t_xla = t.pop(("copy", "numpy")), t.pop(("copy", "xla"))
     bandwidth = 2 * nbytes_x / (min(t_np, t_xla) * 1e-3) / 1e9  # GB/s
     floor = {"copy_ms_numpy": t_np, "copy_ms_xla": t_xla, "bandwidth_gbs": bandwidth}
-    floor["kernel_used"] = kernel_used
     # The torch target's ratio round by round: its spread shows how much of a verdict is noise.
     torch_key = (2, TORCH_MAX, "fwdbwd")
     if torch_key in raw:
@@ -258,16 +218,12 @@ def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
         for k in ("copy_ms_numpy", "copy_ms_xla", "bandwidth_gbs")
     }
     floor["processes"] = len(runs)
-    floor["kernel_used"] = all(run[1]["kernel_used"] for run in runs)
     if all("torch_ratio_rounds" in run[1] for run in runs):
         pooled = np.concatenate([run[1]["torch_ratio_rounds"] for run in runs])
         floor["torch_ratio_quartiles"] = [float(q) for q in np.percentile(pooled, [25, 50, 75])]
         floor["torch_ratio_by_process"] = [
             by[(2, "ours max_pool")]["fwdbwd"] / by[(2, TORCH_MAX)]["fwdbwd"] for by in keyed
         ]
-    floor["xla_path_ratio_by_process"] = [
-        by[(2, "ours max_pool")]["fwdbwd"] / by[(2, XLA_PATH)]["fwdbwd"] for by in keyed
-    ]
     for r in rows:
         r["gbs_fwd"] = (nbytes_x + r["ny"]) / (r["fwd"] * 1e-3) / 1e9
         r["gbs_fwdbwd"] = 2 * (nbytes_x + r["ny"]) / (r["fwdbwd"] * 1e-3) / 1e9
@@ -294,13 +250,9 @@ DEFAULT_OUT = "results/benchmarks/pooling.md"
 
 
 def command(reps: int, processes: int, out: str) -> str:
-    """The command line that makes this table, XLA_FLAGS and INVARIANCE_CPU_KERNELS included
-    when set."""
-    prefix = "".join(
-        f"{name}={shlex.quote(os.environ[name])} "
-        for name in ("XLA_FLAGS", "INVARIANCE_CPU_KERNELS")
-        if os.environ.get(name)
-    )
+    """The command line that makes this table, XLA_FLAGS included when set."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
     suffix = f" --out {out}" if out != DEFAULT_OUT else ""
     return f"{prefix}python scripts/bench_pooling.py --reps {reps} --processes {processes}{suffix}"
 
@@ -317,12 +269,6 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}, "
         f"flax {prov['flax']}; commit {prov['git_commit']}; {prov['date']}.  ",
         f"{runtime.malloc_note()}  ",
-        "ours max_pool at stride 2, forward + backward: "
-        + (
-            "the compiled CPU kernel (invariance/pooling/_cpu_kernel.py).  "
-            if floor["kernel_used"]
-            else "the XLA path (the CPU kernel was off or not available here).  "
-        ),
         f"Copy bandwidth floor: {floor['bandwidth_gbs']:.1f} GB/s (numpy copy "
         f"{floor['copy_ms_numpy']:.2f} ms, XLA copy {floor['copy_ms_xla']:.2f} ms for |x|).",
         "",
@@ -370,13 +316,6 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         )
         per = ", ".join(f"{r:.3f}" for r in floor["torch_ratio_by_process"])
         lines.append(f"- the torch ratio in each process: {per}")
-    xla = by[(2, XLA_PATH)]
-    per = ", ".join(f"{r:.3f}" for r in floor["xla_path_ratio_by_process"])
-    lines.append(
-        f"- stride 2: ours fwd+bwd / the same without the CPU kernel (XLA path) = "
-        f"{ours['fwdbwd'] / xla['fwdbwd']:.3f} (in each process: {per}; the forward-only and "
-        "stride-1 rows run one program twice, so their gap shows the noise)"
-    )
     for stride in (1,):
         o, f = by[(stride, "ours max_pool")], by[(stride, "flax.linen.max_pool")]
         lines.append(
