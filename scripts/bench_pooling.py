@@ -198,6 +198,14 @@ def bench(reps: int) -> tuple[list[dict], dict]:
     return rows, floor
 
 
+def torch_ratio(rows: list[dict]) -> float | None:
+    """Ours / torch channels_last, max pooling forward + backward at stride 2 (None without
+    torch)."""
+    by = {(r["stride"], r["impl"]): r["fwdbwd"] for r in rows}
+    torch = by.get((2, TORCH_MAX))
+    return None if torch is None else by[(2, "ours max_pool")] / torch
+
+
 def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
     """One table from :func:`bench` runs in separate processes: each time is the median over
     processes of the per-process medians; the derived columns are computed from those.
@@ -221,9 +229,7 @@ def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
     if all("torch_ratio_rounds" in run[1] for run in runs):
         pooled = np.concatenate([run[1]["torch_ratio_rounds"] for run in runs])
         floor["torch_ratio_quartiles"] = [float(q) for q in np.percentile(pooled, [25, 50, 75])]
-        floor["torch_ratio_by_process"] = [
-            by[(2, "ours max_pool")]["fwdbwd"] / by[(2, TORCH_MAX)]["fwdbwd"] for by in keyed
-        ]
+        floor["torch_ratio_by_process"] = [torch_ratio(run_rows) for run_rows, _ in runs]
     for r in rows:
         r["gbs_fwd"] = (nbytes_x + r["ny"]) / (r["fwd"] * 1e-3) / 1e9
         r["gbs_fwdbwd"] = 2 * (nbytes_x + r["ny"]) / (r["fwdbwd"] * 1e-3) / 1e9
@@ -241,8 +247,10 @@ def bench_in_processes(reps: int, processes: int) -> tuple[list[dict], dict]:
             subprocess.run(cmd, check=True)
             rows, floor = json.loads(path.read_text())
             runs.append((rows, floor))
-            ratio = combine([(rows, floor)])[1].get("torch_ratio_by_process", ["n/a"])[0]
-            print(f"process {p + 1}/{processes}: ours / torch fwd+bwd = {ratio}", flush=True)
+            print(
+                f"process {p + 1}/{processes}: ours / torch fwd+bwd = {torch_ratio(rows)}",
+                flush=True,
+            )
     return combine(runs)
 
 

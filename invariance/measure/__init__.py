@@ -16,8 +16,8 @@ Conventions
   float scale.
 * **Chunks.** Images stream through in chunks of ``chunk_size`` images; the default
   (``None``) sizes chunks so that one forward call sees about 64 model inputs on the CPU
-  (activations must stay in the last-level cache: a SmallCNN's bare forward runs ~1.8x
-  slower at batch 500 than at 64) and 1024 on a GPU or TPU. Every chunk is padded to the
+  (the fastest batch there; larger calls are slower, much slower under glibc's default
+  malloc: see ``_core.MODEL_BATCH``) and 1024 on a GPU or TPU. Every chunk is padded to the
   same size so the step compiles once, and one call evaluates the chunk
   under every transform of the protocol (a ``vmap`` over the transform parameters; grid
   protocols accept ``transform_batch`` to bound memory with ``lax.map``). Per-image values
