@@ -46,28 +46,39 @@ from invariance.io import atomic_write_text, provenance
 
 SHAPE = (256, 28, 28, 32)
 TORCH_MAX = "torch max_pool2d (channels_last)"
+COLD_SWEEP_BYTES = 64 << 20  # twice this VM's 32 MiB last-level cache
 
 
 def interleaved_ms(
-    fns: dict[str, Callable[[], object]], reps: dict[str, int]
+    fns: dict[str, Callable[[], object]],
+    reps: dict[str, int],
+    seed: int = 0,
+    before: Callable[[], object] | None = None,
 ) -> dict[str, list[float]]:
     """Wall times (ms, one per round) of each ``fn()``, timed in interleaved rounds.
 
     Every round times each function once, so a load that comes and goes on a shared machine
-    hits every peer alike and the ratios between them stay meaningful; the order rotates by
-    one each round, so no peer always follows the same neighbour (whose buffers evict its
-    inputs from the cache). ``reps[name]`` rounds include that function (slow peers can take
-    fewer). Each ``fn`` must block until done.
+    hits every peer alike and the ratios between them stay meaningful. Each round runs the
+    peers in a fresh random order (seeded), so no peer always follows the same neighbour:
+    whether the neighbour's buffers evicted a peer's inputs from the cache, or left them warm
+    (its own forward pass), is then the same lottery for every peer. (A cyclic rotation of one
+    order is not enough: it keeps every peer's neighbour fixed.) ``reps[name]`` rounds include
+    that function (slow peers can take fewer). ``before()``, if given, runs untimed before
+    every timed call (e.g. a sweep that evicts the caches). Each ``fn`` must block until done.
     """
     for fn in fns.values():  # warm-up: compile and first-touch
         fn()
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
+    rng = np.random.default_rng(seed)
     for r in range(max(reps.values())):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = fns[name]
+        for i in rng.permutation(len(names)):
+            name = names[i]
             if r < reps[name]:
+                fn = fns[name]
+                if before is not None:
+                    before()
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
@@ -102,7 +113,8 @@ def fwd_bwd(f: Callable) -> Callable:
     return jax.jit(run)
 
 
-def bench(reps: int) -> tuple[list[dict], dict]:
+def bench(reps: int, seed: int = 0) -> tuple[list[dict], dict]:
+    """One process's measurement: table rows and the floor / ratio extras (see :func:`combine`)."""
     key = jax.random.key(0)
     x = jax.random.normal(key, SHAPE, jnp.float32)
     nbytes_x = x.size * 4
@@ -156,7 +168,7 @@ def bench(reps: int) -> tuple[list[dict], dict]:
                 name = f"torch {kind}_pool2d (channels_last)"
                 fns[(stride, name, "fwd")], fns[(stride, name, "fwdbwd")] = f_t, fb_t
                 reps_of[(stride, name, "fwd")] = reps_of[(stride, name, "fwdbwd")] = reps
-    raw = interleaved_ms(fns, reps_of)
+    raw = interleaved_ms(fns, reps_of, seed)
     t = {k: float(np.median(v)) for k, v in raw.items()}
     t_np, t_xla = t.pop(("copy", "numpy")), t.pop(("copy", "xla"))
     bandwidth = 2 * nbytes_x / (min(t_np, t_xla) * 1e-3) / 1e9  # GB/s
@@ -166,6 +178,13 @@ def bench(reps: int) -> tuple[list[dict], dict]:
     if torch_key in raw:
         per_round = np.asarray(raw[(2, "ours max_pool", "fwdbwd")]) / np.asarray(raw[torch_key])
         floor["torch_ratio_rounds"] = [float(r) for r in per_round]
+        # The same two peers again, each call after a read-only sweep of 2x the last-level
+        # cache: x, the cotangent and the outputs all start in DRAM, for both alike.
+        sweep = np.ones(COLD_SWEEP_BYTES // 4, np.float32)
+        pair = {k: fns[k] for k in ((2, "ours max_pool", "fwdbwd"), torch_key)}
+        cold = interleaved_ms(pair, dict.fromkeys(pair, reps), seed, before=sweep.sum)
+        ours_cold, torch_cold = (float(np.median(cold[k])) for k in pair)
+        floor["cold_ms"] = [ours_cold, torch_cold]
     rows: list[dict] = []
     for (stride, name, part), ms in t.items():
         if part == "fwd":
@@ -230,6 +249,10 @@ def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
         pooled = np.concatenate([run[1]["torch_ratio_rounds"] for run in runs])
         floor["torch_ratio_quartiles"] = [float(q) for q in np.percentile(pooled, [25, 50, 75])]
         floor["torch_ratio_by_process"] = [torch_ratio(run_rows) for run_rows, _ in runs]
+    if all("cold_ms" in run[1] for run in runs):
+        floor["cold_ratio_by_process"] = [o / t for o, t in (run[1]["cold_ms"] for run in runs)]
+        cold = np.median([run[1]["cold_ms"] for run in runs], axis=0)
+        floor["cold_ms"] = [float(ms) for ms in cold]
     for r in rows:
         r["gbs_fwd"] = (nbytes_x + r["ny"]) / (r["fwd"] * 1e-3) / 1e9
         r["gbs_fwdbwd"] = 2 * (nbytes_x + r["ny"]) / (r["fwdbwd"] * 1e-3) / 1e9
@@ -244,6 +267,7 @@ def bench_in_processes(reps: int, processes: int) -> tuple[list[dict], dict]:
         for p in range(processes):
             path = Path(tmp) / f"run{p}.json"
             cmd = [sys.executable, __file__, "--reps", str(reps), "--child-json", str(path)]
+            cmd += ["--seed", str(p)]  # each process its own sequence of orders
             subprocess.run(cmd, check=True)
             rows, floor = json.loads(path.read_text())
             runs.append((rows, floor))
@@ -272,8 +296,9 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         "",
         f"Command: `{command(reps, processes, out)}`  ",
         f"Input {SHAPE} float32 NHWC (torch: NCHW in channels_last), 2x2 windows; "
-        f"{reps} interleaved rounds (every peer timed once per round) in each of {processes} "
-        "fresh processes: the median over processes of each process's median.  ",
+        f"{reps} interleaved rounds (every peer timed once per round, in a fresh random order) "
+        f"in each of {processes} fresh processes: the median over processes of each process's "
+        "median.  ",
         f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}, "
         f"flax {prov['flax']}; commit {prov['git_commit']}; {prov['date']}.  ",
         f"{runtime.malloc_note()}  ",
@@ -324,6 +349,14 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         )
         per = ", ".join(f"{r:.3f}" for r in floor["torch_ratio_by_process"])
         lines.append(f"- the torch ratio in each process: {per}")
+    if "cold_ms" in floor:
+        o, t = floor["cold_ms"]
+        per = ", ".join(f"{r:.3f}" for r in floor["cold_ratio_by_process"])
+        lines.append(
+            f"- cold caches (a read-only sweep of {COLD_SWEEP_BYTES >> 20} MiB before every "
+            f"call; the same two peers, {reps} rounds): ours {o:.2f} ms, torch {t:.2f} ms, "
+            f"ratio {o / t:.3f} (per process {per})"
+        )
     for stride in (1,):
         o, f = by[(stride, "ours max_pool")], by[(stride, "flax.linen.max_pool")]
         lines.append(
@@ -339,9 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=3, help="fresh processes to combine")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--child-json", help=argparse.SUPPRESS)  # one process's raw result
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # its peer orders
     args = ap.parse_args(argv)
     if args.child_json:
-        atomic_write_text(args.child_json, json.dumps(bench(args.reps)))
+        atomic_write_text(args.child_json, json.dumps(bench(args.reps, args.seed)))
         return 0
     if args.reps < 1 or args.processes < 1:
         ap.error("--reps and --processes must be >= 1")
