@@ -33,6 +33,7 @@ import resource
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -72,11 +73,38 @@ def _setup(dataset: str, n: int, workdir: str):
     return train.make_apply_fn(result.model), params, images[:n]
 
 
-def _report(q, t0: float, consistency: float | None) -> None:
-    """Sends the seconds since ``t0``, the consistency and this process's peak RSS."""
+def _status_mb(field: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process in MB from /proc (None where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _start() -> tuple[float, float | None]:
+    """Marks the start of a timed part: resets the peak-RSS mark to the current RSS (Linux
+    ``/proc/self/clear_refs``), so the part's own peak is not hidden by the setup's (training,
+    data loading), and returns ``(t0, rss_mb_now)``."""
+    rss = _status_mb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        rss = None  # no reset: the growth column would be meaningless
+    return time.perf_counter(), rss
+
+
+def _report(q, start: tuple[float, float | None], consistency: float | None) -> None:
+    """Sends the seconds since ``start``, the consistency, this process's peak RSS (setup
+    included) and how far the RSS rose above its level at ``start`` during the part."""
+    t0, rss0 = start
     dt = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    q.put({"seconds": dt, "consistency": consistency, "peak_rss_mb": rss})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = _status_mb("VmHWM")
+    growth = None if rss0 is None or hwm is None else max(hwm - rss0, 0.0)
+    q.put({"seconds": dt, "consistency": consistency, "peak_rss_mb": peak, "growth_mb": growth})
 
 
 def _ours(args, q) -> None:
@@ -85,7 +113,7 @@ def _ours(args, q) -> None:
     from invariance import measure
 
     apply_fn, params, images = _setup(args.dataset, args.images, args.workdir)
-    t0 = time.perf_counter()
+    t0 = _start()
     rows = measure.shift_consistency(
         apply_fn,
         params,
@@ -122,7 +150,7 @@ def _loop(args, q, batch: int) -> None:
         ci = (cols_idx[None, :] - off[:, 1:2]) % w
         return x[np.arange(len(x))[:, None, None], ri[:, :, None], ci[:, None, :]]
 
-    t0 = time.perf_counter()
+    t0 = _start()
     agree = 0
     for p in range(args.pairs):
         for s in range(0, len(x_all), batch):
@@ -136,7 +164,7 @@ def _loop(args, q, batch: int) -> None:
 
 def _forward(args, q, batch: int) -> None:
     f, params, x_all = _jitted_model(args, batch)
-    t0 = time.perf_counter()
+    t0 = _start()
     for _ in range(2 * args.pairs):  # as many forward passes as the shifted copies
         for s in range(0, len(x_all), batch):
             np.asarray(f(params, x_all[s : s + batch])).argmax(-1)
@@ -198,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds_each": [r["seconds"] for r in v],
                     "consistency": v[0]["consistency"],
                     "peak_rss_mb": max(r["peak_rss_mb"] for r in v),
+                    "growth_mb": None
+                    if any(r["growth_mb"] is None for r in v)
+                    else max(r["growth_mb"] for r in v),
                 },
             )
             for k, v in runs.items()
@@ -209,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, r in parts.values():
         cons = "n/a" if r["consistency"] is None else f"{r['consistency']:.4f}"
+        growth = "n/a" if r["growth_mb"] is None else f"{r['growth_mb']:,.0f}"
         rows.append(
             f"| {label} | {r['seconds']:.2f} | "
             f"{' / '.join(f'{t:.1f}' for t in r['seconds_each'])} | "
-            f"{n_eval / r['seconds']:,.0f} | {cons} | {r['peak_rss_mb']:,.0f} |"
+            f"{n_eval / r['seconds']:,.0f} | {cons} | {r['peak_rss_mb']:,.0f} | {growth} |"
         )
     text = "\n".join(
         [
@@ -226,12 +258,15 @@ def main(argv: list[str] | None = None) -> int:
             f"SmallCNN(pool=max) trained 1 epoch on 12k images; {args.images} test images x "
             f"{args.pairs} pairs of circular shifts (+-{SHIFT} px, per-image offsets, the same in "
             f"all parts); {n_eval:,} shifted copies evaluated. Each part runs twice, in "
-            "palindromic order (seconds: the mean of the two runs), each run in its own process "
-            "(peak RSS of that process).",
+            "palindromic order (seconds: the mean of the two runs), each run in its own process. "
+            "Peak RSS: the whole process, setup (training resume, data loading) included; RSS "
+            "growth: how far the RSS rose above its level when the timed part began (the larger "
+            "of the two runs; malloc keeps freed memory, so this is what the part needed beyond "
+            "what the setup had left).",
             "",
             "| implementation | seconds | runs (s) | images x transforms / s | consistency "
-            "| peak RSS MB |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| peak RSS MB | RSS growth MB |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
             f"- Throughput ours / loop of {args.chunk}: {ratio:.2f}x "
