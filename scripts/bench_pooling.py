@@ -11,6 +11,11 @@ the ratios hold on a noisy, shared machine even when the absolute times drift; a
 measurement runs in several fresh processes (see :func:`combine` for why), whose medians are
 combined.
 
+"ours max_pool" is what ``pooling.max_pool`` runs: at stride 2 its gradient path uses the
+compiled CPU kernel (``invariance/pooling/_cpu_kernel.py``) where it applies; the "XLA path" row
+is the same function traced with ``INVARIANCE_CPU_KERNELS=0`` (at stride 1 both are the XLA
+path, so the pair's gap there shows the noise).
+
 Effective bytes: forward = |x| + |y|; forward + backward = 2|x| + 2|y| (read x, write y, read
 the cotangent of y, write the cotangent of x).
 
@@ -22,6 +27,7 @@ results/benchmarks/pooling_legacy_emitters.md`` measures XLA:CPU's previous loop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -99,18 +105,46 @@ def seed_pool2d(fm: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
 def jax_impls(stride: int) -> dict[str, Callable]:
     return {
         "ours max_pool": lambda x: pooling.max_pool(x, 2, stride),
+        XLA_PATH: lambda x: pooling.max_pool(x, 2, stride),  # traced with the kernel off
         "flax.linen.max_pool": lambda x: nn.max_pool(x, (2, 2), (stride, stride)),
         "ours avg_pool": lambda x: pooling.avg_pool(x, 2, stride),
         "flax.linen.avg_pool": lambda x: nn.avg_pool(x, (2, 2), (stride, stride)),
     }
 
 
-def fwd_bwd(f: Callable) -> Callable:
+XLA_PATH = "ours max_pool, XLA path (INVARIANCE_CPU_KERNELS=0)"
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None):
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def traced_with(f: Callable, kernels: str | None) -> Callable:
+    """``f`` with ``INVARIANCE_CPU_KERNELS=kernels`` while JAX traces it (None: as set)."""
+
+    def g(*args):
+        with _env("INVARIANCE_CPU_KERNELS", kernels):
+            return f(*args)
+
+    return g
+
+
+def fwd_bwd(f: Callable, kernels: str | None = None) -> Callable:
     def run(x, g):
         y, vjp = jax.vjp(f, x)
         return y, vjp(g)[0]
 
-    return jax.jit(run)
+    return jax.jit(traced_with(run, kernels))
 
 
 def bench(reps: int, seed: int = 0) -> tuple[list[dict], dict]:
@@ -143,7 +177,13 @@ def bench(reps: int, seed: int = 0) -> tuple[list[dict], dict]:
         ny[stride] = int(np.prod(y_shape)) * 4
         g = jax.random.normal(jax.random.key(1), y_shape, jnp.float32)
         for name, f in jax_impls(stride).items():
-            fj, fb = jax.jit(f), fwd_bwd(f)
+            kernels = "0" if name == XLA_PATH else None
+            fj, fb = jax.jit(traced_with(f, kernels)), fwd_bwd(f, kernels)
+            uses_kernel = "invariance_max_pool" in fb.lower(x, g).as_text()
+            if uses_kernel and name != "ours max_pool":  # the labels must say what ran
+                raise RuntimeError(f"{name} at stride {stride} unexpectedly uses the CPU kernel")
+            if name == "ours max_pool" and stride == 2:
+                kernel_used = uses_kernel
             fns[(stride, name, "fwd")] = lambda fj=fj: fj(x).block_until_ready()
             fns[(stride, name, "fwdbwd")] = lambda fb=fb, g=g: jax.block_until_ready(fb(x, g))
             slow = "flax" in name and "max" in name  # XLA's select_and_scatter gradient
@@ -173,18 +213,19 @@ def bench(reps: int, seed: int = 0) -> tuple[list[dict], dict]:
     t_np, t_xla = t.pop(("copy", "numpy")), t.pop(("copy", "xla"))
     bandwidth = 2 * nbytes_x / (min(t_np, t_xla) * 1e-3) / 1e9  # GB/s
     floor = {"copy_ms_numpy": t_np, "copy_ms_xla": t_xla, "bandwidth_gbs": bandwidth}
+    floor["kernel_used"] = kernel_used
     # The torch target's ratio round by round: its spread shows how much of a verdict is noise.
     torch_key = (2, TORCH_MAX, "fwdbwd")
     if torch_key in raw:
         per_round = np.asarray(raw[(2, "ours max_pool", "fwdbwd")]) / np.asarray(raw[torch_key])
         floor["torch_ratio_rounds"] = [float(r) for r in per_round]
-        # The same two peers again, each call after a read-only sweep of 2x the last-level
-        # cache: x, the cotangent and the outputs all start in DRAM, for both alike.
+        # The stride-2 max-pool gradients again, each call after a read-only sweep of 2x the
+        # last-level cache: x, the cotangent and the outputs all start in DRAM, for all alike.
         sweep = np.ones(COLD_SWEEP_BYTES // 4, np.float32)
-        pair = {k: fns[k] for k in ((2, "ours max_pool", "fwdbwd"), torch_key)}
-        cold = interleaved_ms(pair, dict.fromkeys(pair, reps), seed, before=sweep.sum)
-        ours_cold, torch_cold = (float(np.median(cold[k])) for k in pair)
-        floor["cold_ms"] = [ours_cold, torch_cold]
+        trio = {k: fns[k] for k in ((2, n, "fwdbwd") for n in ("ours max_pool", XLA_PATH))}
+        trio[torch_key] = fns[torch_key]
+        cold = interleaved_ms(trio, dict.fromkeys(trio, reps), seed, before=sweep.sum)
+        floor["cold_ms"] = [float(np.median(cold[k])) for k in trio]  # ours, XLA path, torch
     rows: list[dict] = []
     for (stride, name, part), ms in t.items():
         if part == "fwd":
@@ -245,12 +286,16 @@ def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
         for k in ("copy_ms_numpy", "copy_ms_xla", "bandwidth_gbs")
     }
     floor["processes"] = len(runs)
+    floor["kernel_used"] = all(run[1]["kernel_used"] for run in runs)
+    floor["xla_path_ratio_by_process"] = [
+        by[(2, "ours max_pool")]["fwdbwd"] / by[(2, XLA_PATH)]["fwdbwd"] for by in keyed
+    ]
     if all("torch_ratio_rounds" in run[1] for run in runs):
         pooled = np.concatenate([run[1]["torch_ratio_rounds"] for run in runs])
         floor["torch_ratio_quartiles"] = [float(q) for q in np.percentile(pooled, [25, 50, 75])]
         floor["torch_ratio_by_process"] = [torch_ratio(run_rows) for run_rows, _ in runs]
     if all("cold_ms" in run[1] for run in runs):
-        floor["cold_ratio_by_process"] = [o / t for o, t in (run[1]["cold_ms"] for run in runs)]
+        floor["cold_ratio_by_process"] = [o / t for o, _, t in (run[1]["cold_ms"] for run in runs)]
         cold = np.median([run[1]["cold_ms"] for run in runs], axis=0)
         floor["cold_ms"] = [float(ms) for ms in cold]
     for r in rows:
@@ -282,9 +327,13 @@ DEFAULT_OUT = "results/benchmarks/pooling.md"
 
 
 def command(reps: int, processes: int, out: str) -> str:
-    """The command line that makes this table, XLA_FLAGS included when set."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    prefix = f"XLA_FLAGS={shlex.quote(flags)} " if flags else ""
+    """The command line that makes this table, XLA_FLAGS and INVARIANCE_CPU_KERNELS included
+    when set."""
+    prefix = "".join(
+        f"{name}={shlex.quote(os.environ[name])} "
+        for name in ("XLA_FLAGS", "INVARIANCE_CPU_KERNELS")
+        if os.environ.get(name)
+    )
     suffix = f" --out {out}" if out != DEFAULT_OUT else ""
     return f"{prefix}python scripts/bench_pooling.py --reps {reps} --processes {processes}{suffix}"
 
@@ -302,6 +351,12 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}, "
         f"flax {prov['flax']}; commit {prov['git_commit']}; {prov['date']}.  ",
         f"{runtime.malloc_note()}  ",
+        "ours max_pool at stride 2, forward + backward: "
+        + (
+            "the compiled CPU kernel (invariance/pooling/_cpu_kernel.py).  "
+            if floor["kernel_used"]
+            else "the XLA path (the CPU kernel was off or not available here).  "
+        ),
         f"Copy bandwidth floor: {floor['bandwidth_gbs']:.1f} GB/s (numpy copy "
         f"{floor['copy_ms_numpy']:.2f} ms, XLA copy {floor['copy_ms_xla']:.2f} ms for |x|).",
         "",
@@ -350,13 +405,19 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         per = ", ".join(f"{r:.3f}" for r in floor["torch_ratio_by_process"])
         lines.append(f"- the torch ratio in each process: {per}")
     if "cold_ms" in floor:
-        o, t = floor["cold_ms"]
+        o, x, t = floor["cold_ms"]
         per = ", ".join(f"{r:.3f}" for r in floor["cold_ratio_by_process"])
         lines.append(
             f"- cold caches (a read-only sweep of {COLD_SWEEP_BYTES >> 20} MiB before every "
-            f"call; the same two peers, {reps} rounds): ours {o:.2f} ms, torch {t:.2f} ms, "
-            f"ratio {o / t:.3f} (per process {per})"
+            f"call; fwd+bwd at stride 2, {reps} rounds): ours {o:.2f} ms, the XLA path "
+            f"{x:.2f} ms, torch {t:.2f} ms; ours / torch {o / t:.3f} (per process {per})"
         )
+    xla = by[(2, XLA_PATH)]
+    per = ", ".join(f"{r:.3f}" for r in floor["xla_path_ratio_by_process"])
+    lines.append(
+        f"- stride 2: ours fwd+bwd / the same without the CPU kernel (XLA path) = "
+        f"{ours['fwdbwd'] / xla['fwdbwd']:.3f} (in each process: {per})"
+    )
     for stride in (1,):
         o, f = by[(stride, "ours max_pool")], by[(stride, "flax.linen.max_pool")]
         lines.append(

@@ -9,7 +9,9 @@ every side, as ``torch.nn.MaxPool2d(padding=p)``), or ``((top, bottom), (left, r
 Windowed reductions are written as a reduction over the ``window_h * window_w`` strided slices
 of the padded input rather than with ``lax.reduce_window``: XLA fuses the slices into one loop,
 and the gradient is a sum of pads instead of XLA's ``select_and_scatter``, whose CPU gradient
-for max pooling costs ~75x the forward pass (``scripts/bench_pooling.py`` measures it).
+for max pooling costs ~75x the forward pass (``scripts/bench_pooling.py`` measures it). On
+the CPU, 2x2 max pooling's gradient path uses a compiled XLA FFI kernel when it applies
+(``_cpu_kernel.py``), because XLA:CPU cannot write the output and the window index in one pass.
 
 Max / min pooling gradient convention (torch's): each window's whole cotangent goes to ONE
 element, the first extreme in row-major order of the window, never split among ties (ties are

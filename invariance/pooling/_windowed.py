@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invariance.pooling import _cpu_kernel
 from invariance.pooling._geometry import (
     Pads,
     Pair,
@@ -48,11 +49,41 @@ def _first_argmax(slices: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     return functools.reduce(jnp.maximum, slices), idx
 
 
+def _scatter_to_index(
+    g: jax.Array, idx: jax.Array, shape: tuple[int, ...], win: Pair, out_hw: Pair
+) -> jax.Array:
+    """Non-overlapping windows' input cotangent ``shape`` from the output cotangent ``g`` and
+    the saved window index ``idx`` (both ``(..., Ho, Wo, C)``)."""
+    # Each input element belongs to at most one window: write the cotangent where the
+    # element's position in its window equals the saved index, in x's own memory layout
+    # (..., Ho, kh, Wo, kw, C) — one fused, transpose-free pass.
+    lead, (h, w, c) = shape[:-3], shape[-3:]
+    ho, wo = out_hw
+    kh, kw = win
+    pos = jnp.arange(kh, dtype=idx.dtype)[:, None] * kw + jnp.arange(kw, dtype=idx.dtype)
+    pos = pos.reshape(kh, 1, kw, 1)
+    idx6 = idx[..., :, None, :, None, :]
+    g6 = g[..., :, None, :, None, :]
+    dx = jnp.where(idx6 == pos, g6, jnp.zeros((), g.dtype))
+    dx = dx.reshape(*lead, ho * kh, wo * kw, c)
+    if (h, w) != (ho * kh, wo * kw):  # rows / columns that no window covers get zero
+        cfg = [(0, 0)] * len(lead) + [(0, h - ho * kh), (0, w - wo * kw), (0, 0)]
+        dx = jnp.pad(dx, cfg)
+    return dx
+
+
 def _max_pool_fwd(x, win, st, pads, out_hw):
     if _non_overlapping(win, st, pads):
         # Keep the window index (1 byte per output) instead of x: the backward then needs no
-        # comparisons against the output.
-        out, idx = _first_argmax(_window_slices(x, win, st, out_hw))
+        # comparisons against the output. 2x2 float32 pooling on CPU computes both in one
+        # pass with a compiled kernel (_cpu_kernel.py); the XLA slices serve elsewhere.
+        def xla_forward(x):
+            return _first_argmax(_window_slices(x, win, st, out_hw))
+
+        if _cpu_kernel.applies(x, win, st, pads):
+            out, idx = _cpu_kernel.forward(x, xla_forward)
+        else:
+            out, idx = xla_forward(x)
         return out, (idx, x.shape)
     out = _max_pool_core(x, win, st, pads, out_hw)
     return out, (x, out)
@@ -60,23 +91,12 @@ def _max_pool_fwd(x, win, st, pads, out_hw):
 
 def _max_pool_bwd(win, st, pads, out_hw, res, g):
     if _non_overlapping(win, st, pads):
-        # Each input element belongs to at most one window: write the cotangent where the
-        # element's position in its window equals the saved index, in x's own memory layout
-        # (..., Ho, kh, Wo, kw, C) — one fused, transpose-free pass.
         idx, shape = res
-        lead, (h, w, c) = shape[:-3], shape[-3:]
-        ho, wo = out_hw
-        kh, kw = win
-        pos = jnp.arange(kh, dtype=idx.dtype)[:, None] * kw + jnp.arange(kw, dtype=idx.dtype)
-        pos = pos.reshape(kh, 1, kw, 1)
-        idx6 = idx[..., :, None, :, None, :]
-        g6 = g[..., :, None, :, None, :]
-        dx = jnp.where(idx6 == pos, g6, jnp.zeros((), g.dtype))
-        dx = dx.reshape(*lead, ho * kh, wo * kw, c)
-        if (h, w) != (ho * kh, wo * kw):  # rows / columns that no window covers get zero
-            cfg = [(0, 0)] * len(lead) + [(0, h - ho * kh), (0, w - wo * kw), (0, 0)]
-            dx = jnp.pad(dx, cfg)
-        return (dx,)
+        xla_backward = functools.partial(_scatter_to_index, shape=shape, win=win, out_hw=out_hw)
+        probe = jax.ShapeDtypeStruct(shape, g.dtype)
+        if _cpu_kernel.applies(probe, win, st, pads):
+            return (_cpu_kernel.backward(g, idx, shape, xla_backward),)
+        return (xla_backward(g, idx),)
     x, out = res
     xp = _pad_hw(x, pads, _lowest(x.dtype))
     padded_hw = (xp.shape[-3], xp.shape[-2])
@@ -116,7 +136,9 @@ def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = "VALI
 
     The gradient gives each window's whole cotangent to the first maximum in row-major order
     (torch's convention), computed with a custom VJP (``scripts/bench_pooling.py`` measures
-    it against torch and flax.linen). A NaN in a window makes its output NaN, as in torch; its
+    it against torch and flax.linen). On the CPU, 2x2 / stride-2 float32 pooling with 4-64
+    channels takes that gradient path through a compiled kernel (``_cpu_kernel.py``; bit-identical,
+    off with ``INVARIANCE_CPU_KERNELS=0``). A NaN in a window makes its output NaN, as in torch; its
     gradient goes to the first non-NaN maximum (torch sends it to the NaN).
     """
     win, st, pads, out_hw = _geometry(x, window, stride, padding)
