@@ -49,6 +49,7 @@ import numpy as np
 
 from invariance import pooling, runtime
 from invariance.io import atomic_write_text, provenance
+from invariance.pooling import _cpu_kernel
 
 SHAPE = (256, 28, 28, 32)
 TORCH_MAX = "torch max_pool2d (channels_last)"
@@ -214,6 +215,7 @@ def bench(reps: int, seed: int = 0) -> tuple[list[dict], dict]:
     bandwidth = 2 * nbytes_x / (min(t_np, t_xla) * 1e-3) / 1e9  # GB/s
     floor = {"copy_ms_numpy": t_np, "copy_ms_xla": t_xla, "bandwidth_gbs": bandwidth}
     floor["kernel_used"] = kernel_used
+    floor["kernel_build"] = "AVX2" if "-mavx2" in _cpu_kernel.isa_flags() else "portable"
     # The torch target's ratio round by round: its spread shows how much of a verdict is noise.
     torch_key = (2, TORCH_MAX, "fwdbwd")
     if torch_key in raw:
@@ -287,6 +289,7 @@ def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
     }
     floor["processes"] = len(runs)
     floor["kernel_used"] = all(run[1]["kernel_used"] for run in runs)
+    floor["kernel_build"] = "/".join(sorted({run[1]["kernel_build"] for run in runs}))
     floor["xla_path_ratio_by_process"] = [
         by[(2, "ours max_pool")]["fwdbwd"] / by[(2, XLA_PATH)]["fwdbwd"] for by in keyed
     ]
@@ -327,11 +330,11 @@ DEFAULT_OUT = "results/benchmarks/pooling.md"
 
 
 def command(reps: int, processes: int, out: str) -> str:
-    """The command line that makes this table, XLA_FLAGS and INVARIANCE_CPU_KERNELS included
-    when set."""
+    """The command line that makes this table, XLA_FLAGS and the INVARIANCE_CPU_KERNEL*
+    switches included when set."""
     prefix = "".join(
         f"{name}={shlex.quote(os.environ[name])} "
-        for name in ("XLA_FLAGS", "INVARIANCE_CPU_KERNELS")
+        for name in ("XLA_FLAGS", "INVARIANCE_CPU_KERNELS", "INVARIANCE_CPU_KERNEL_ISA")
         if os.environ.get(name)
     )
     suffix = f" --out {out}" if out != DEFAULT_OUT else ""
@@ -353,7 +356,8 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
         f"{runtime.malloc_note()}  ",
         "ours max_pool at stride 2, forward + backward: "
         + (
-            "the compiled CPU kernel (invariance/pooling/_cpu_kernel.py).  "
+            f"the compiled CPU kernel, {floor['kernel_build']} build "
+            "(invariance/pooling/_cpu_kernel.py).  "
             if floor["kernel_used"]
             else "the XLA path (the CPU kernel was off or not available here).  "
         ),

@@ -10,11 +10,13 @@ same program still lowers to the pure-XLA formulation on GPU and TPU.
 It serves only when the XLA formulation is slow and the kernel has a specialisation: float32,
 2x2 windows with stride 2 and no padding, a channel count in :data:`SUPPORTED_CHANNELS`, and
 CPU as JAX's default backend. Everything else uses the XLA path, and so does everything when
-no compiler is found or the build fails (one warning says why). Set
-``INVARIANCE_CPU_KERNELS=0`` to turn the kernel off; ``CXX`` picks the compiler.
+no compiler is found or the build fails (one warning says why). Environment:
+``INVARIANCE_CPU_KERNELS=0`` turns the kernel off; ``INVARIANCE_CPU_KERNEL_ISA=generic`` builds
+the portable kernel even where AVX2 is there; ``CXX`` picks the compiler.
 
-Results are bit-identical to the XLA path (``tests/test_cpu_kernel.py``);
-``scripts/bench_pooling.py`` measures both.
+Results are bit-identical to the XLA path, except the sign and payload bits of a NaN output
+(XLA's own choice among a window's NaNs and their signs follows its code generator), which
+``tests/test_cpu_kernel.py`` checks; ``scripts/bench_pooling.py`` measures both paths.
 """
 
 from __future__ import annotations
@@ -71,23 +73,44 @@ def applies(x: jax.Array, win: tuple[int, int], st: tuple[int, int], pads) -> bo
     )
 
 
+ISA_CHOICES = ("auto", "generic")
+
+
+def _cpu_flags_line() -> str:
+    """The ``flags`` line of /proc/cpuinfo ("" where there is none)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
+
+
+def isa_flags_for(choice: str, system: str, machine: str, cpu_flags: str) -> tuple[str, ...]:
+    """The instruction-set flags for a machine: ``("-mavx2",)`` on x86-64 Linux whose
+    /proc/cpuinfo ``cpu_flags`` line lists avx2 (``choice`` "auto" or ""), else ``()``: the
+    portable build (SSE2 on x86-64, NEON on arm64).
+
+    Raises:
+        ValueError: ``choice`` is not one of :data:`ISA_CHOICES`.
+    """
+    choice = choice.strip().lower() or "auto"
+    if choice not in ISA_CHOICES:
+        raise ValueError(
+            f"INVARIANCE_CPU_KERNEL_ISA={choice!r} is not a valid choice: one of {ISA_CHOICES}"
+        )
+    if choice == "generic" or system != "Linux" or machine not in ("x86_64", "AMD64"):
+        return ()
+    return ("-mavx2",) if "avx2" in cpu_flags.split() else ()
+
+
 def isa_flags() -> tuple[str, ...]:
-    """``("-mavx2",)`` on x86-64 Linux when this CPU has AVX2, else ``()`` (portable SSE2 /
-    NEON code). ``INVARIANCE_CPU_KERNEL_ISA=generic`` forces the portable build.
+    """:func:`isa_flags_for` this machine and ``$INVARIANCE_CPU_KERNEL_ISA``.
 
     The flags are part of the build's cache key, so machines that share a cache folder (a
     cluster's home directory) never load a build their CPU cannot run.
     """
-    if os.environ.get("INVARIANCE_CPU_KERNEL_ISA", "").strip().lower() == "generic":
-        return ()
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return ()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ()
-    flags = next((ln for ln in cpuinfo.splitlines() if ln.startswith("flags")), "")
-    return ("-mavx2",) if "avx2" in flags.split() else ()
+    choice = os.environ.get("INVARIANCE_CPU_KERNEL_ISA", "")
+    return isa_flags_for(choice, platform.system(), platform.machine(), _cpu_flags_line())
 
 
 def build(cache: Path, compiler: str | None = None, isa: tuple[str, ...] | None = None) -> Path:
@@ -121,6 +144,8 @@ def build(cache: Path, compiler: str | None = None, isa: tuple[str, ...] | None 
         version = ""
     flags = (*FLAGS, *(isa_flags() if isa is None else isa))
     parts = [SOURCE.read_bytes(), " ".join(flags), jaxlib.__version__, cxx, version]
+    if "native" in cxx:  # e.g. CXX="g++ -march=native": the build is this CPU's alone
+        parts.append(_cpu_flags_line())
     parts += [platform.machine(), platform.system()]
     key = hashlib.sha256(
         b"\0".join(p if isinstance(p, bytes) else p.encode() for p in parts)
@@ -246,5 +271,6 @@ __all__ = [
     "enabled",
     "forward",
     "isa_flags",
+    "isa_flags_for",
     "load",
 ]

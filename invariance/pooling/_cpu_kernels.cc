@@ -3,7 +3,8 @@
 //
 // Built on first use by invariance/pooling/_cpu_kernel.py with the system C++ compiler and
 // called through jax.ffi; everything else (other windows, dtypes, channel counts, GPU, TPU)
-// keeps the pure-XLA formulation in _windowed.py, whose results these must match bit for bit.
+// keeps the pure-XLA formulation in _windowed.py, whose results these must match bit for bit
+// (except the sign and payload of a NaN output, which follow XLA's code generator there).
 //
 // Why C++: XLA:CPU cannot produce the pooled output and the int8 window index in ONE pass over
 // x (it has no multi-output loop fusion, and its variadic reductions are scalar code), so its
@@ -111,7 +112,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, F body) {
   state->cv.wait(lock, [&] { return state->done.load() == chunks; });
 }
 
-// XLA's maximum, bit for bit: a NaN propagates (once taken it stays: v > NaN is false) and
+// XLA's maximum (NaN bits aside): a NaN propagates (once taken it stays: v > NaN is false) and
 // +0 beats -0 whatever the order (for equal values, AND-ing the bits clears a lone sign bit).
 template <typename vf, typename vi>
 inline vf Maximum(vf a, vf b) {

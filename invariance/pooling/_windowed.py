@@ -136,10 +136,11 @@ def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = "VALI
 
     The gradient gives each window's whole cotangent to the first maximum in row-major order
     (torch's convention), computed with a custom VJP (``scripts/bench_pooling.py`` measures
-    it against torch and flax.linen). On the CPU, 2x2 / stride-2 float32 pooling with 4-64
-    channels takes that gradient path through a compiled kernel (``_cpu_kernel.py``; bit-identical,
-    off with ``INVARIANCE_CPU_KERNELS=0``). A NaN in a window makes its output NaN, as in torch; its
-    gradient goes to the first non-NaN maximum (torch sends it to the NaN).
+    it against torch and flax.linen). On the CPU, 2x2 / stride-2 float32 pooling with 4, 8, 16,
+    32 or 64 channels takes that gradient path through a compiled kernel (``_cpu_kernel.py``;
+    the same results, NaN sign and payload bits aside; off with ``INVARIANCE_CPU_KERNELS=0``).
+    A NaN in a window makes its output NaN, as in torch; its gradient goes to the first non-NaN
+    maximum, unless the NaN is the window's first element (torch always sends it to the NaN).
     """
     win, st, pads, out_hw = _geometry(x, window, stride, padding)
     _check_no_empty_window((x.shape[-3], x.shape[-2]), win, st, pads, out_hw)
