@@ -6,10 +6,12 @@
 Input (256, 28, 28, 32) float32, 2x2 windows, stride 2 and stride 1; forward, and forward +
 backward (the pooled output and the input cotangent for a random output cotangent). Prints and
 writes a Markdown table of median milliseconds, effective GB/s and ratios, with this machine's
-copy bandwidth as the floor. Peers run in the same process, timed in interleaved rounds, so
-the ratios hold on a noisy, shared machine even when the absolute times drift; and the whole
-measurement runs in several fresh processes (see :func:`combine` for why), whose medians are
-combined.
+copy bandwidth as the floor. Peers run in the same process, timed in interleaved rounds in a
+fresh random order each (see :func:`interleaved_ms`), so the ratios hold on a noisy, shared
+machine even when the absolute times drift; and the whole measurement runs in several fresh
+processes (see :func:`combine` for why), whose medians are combined. A last line times the
+stride-2 max-pool gradients (ours, the XLA path, torch) with cold caches: a read-only sweep of
+64 MiB before every call.
 
 "ours max_pool" is what ``pooling.max_pool`` runs: at stride 2 its gradient path uses the
 compiled CPU kernel (``invariance/pooling/_cpu_kernel.py``) where it applies; the "XLA path" row
