@@ -262,12 +262,12 @@ def bench(reps: int, seed: int = 0) -> tuple[list[dict], dict]:
     return rows, floor
 
 
-def torch_ratio(rows: list[dict]) -> float | None:
-    """Ours / torch channels_last, max pooling forward + backward at stride 2 (None without
-    torch)."""
+def ours_over(rows: list[dict], peer: str = TORCH_MAX) -> float | None:
+    """Ours / ``peer``, max pooling forward + backward at stride 2 (None where the peer was not
+    measured, e.g. torch not importable)."""
     by = {(r["stride"], r["impl"]): r["fwdbwd"] for r in rows}
-    torch = by.get((2, TORCH_MAX))
-    return None if torch is None else by[(2, "ours max_pool")] / torch
+    other = by.get((2, peer))
+    return None if other is None else by[(2, "ours max_pool")] / other
 
 
 def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
@@ -292,13 +292,11 @@ def combine(runs: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
     floor["processes"] = len(runs)
     floor["kernel_used"] = all(run[1]["kernel_used"] for run in runs)
     floor["kernel_build"] = "/".join(sorted({run[1]["kernel_build"] for run in runs}))
-    floor["xla_path_ratio_by_process"] = [
-        by[(2, "ours max_pool")]["fwdbwd"] / by[(2, XLA_PATH)]["fwdbwd"] for by in keyed
-    ]
+    floor["xla_path_ratio_by_process"] = [ours_over(run_rows, XLA_PATH) for run_rows, _ in runs]
     if all("torch_ratio_rounds" in run[1] for run in runs):
         pooled = np.concatenate([run[1]["torch_ratio_rounds"] for run in runs])
         floor["torch_ratio_quartiles"] = [float(q) for q in np.percentile(pooled, [25, 50, 75])]
-        floor["torch_ratio_by_process"] = [torch_ratio(run_rows) for run_rows, _ in runs]
+        floor["torch_ratio_by_process"] = [ours_over(run_rows) for run_rows, _ in runs]
     if all("cold_ms" in run[1] for run in runs):
         floor["cold_ratio_by_process"] = [o / t for o, _, t in (run[1]["cold_ms"] for run in runs)]
         cold = np.median([run[1]["cold_ms"] for run in runs], axis=0)
@@ -322,7 +320,7 @@ def bench_in_processes(reps: int, processes: int) -> tuple[list[dict], dict]:
             rows, floor = json.loads(path.read_text())
             runs.append((rows, floor))
             print(
-                f"process {p + 1}/{processes}: ours / torch fwd+bwd = {torch_ratio(rows)}",
+                f"process {p + 1}/{processes}: ours / torch fwd+bwd = {ours_over(rows)}",
                 flush=True,
             )
     return combine(runs)
@@ -382,21 +380,14 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
     checks = [
         (
             "fwd+bwd vs flax.linen.max_pool gradient (target <= 0.10)",
-            ours["fwdbwd"] / by[(2, "flax.linen.max_pool")]["fwdbwd"],
+            ours_over(rows, "flax.linen.max_pool"),
             0.10,
         ),
         ("fwd vs the copy-bandwidth floor (target <= 1.5)", ours["fwd"] / ours["floor_fwd"], 1.5),
     ]
-    torch_row = by.get((2, TORCH_MAX))
-    if torch_row:
-        checks.insert(
-            0,
-            (
-                "fwd+bwd vs torch channels_last (target <= 0.50)",
-                ours["fwdbwd"] / torch_row["fwdbwd"],
-                0.50,
-            ),
-        )
+    torch_ratio = ours_over(rows)
+    if torch_ratio is not None:
+        checks.insert(0, ("fwd+bwd vs torch channels_last (target <= 0.50)", torch_ratio, 0.50))
     else:
         lines.append("torch is not importable here: the torch target was not measured.")
     for label, ratio, target in checks:
@@ -418,11 +409,10 @@ def render(rows: list[dict], floor: dict, reps: int, processes: int, out: str = 
             f"call; fwd+bwd at stride 2, {reps} rounds): ours {o:.2f} ms, the XLA path "
             f"{x:.2f} ms, torch {t:.2f} ms; ours / torch {o / t:.3f} (per process {per})"
         )
-    xla = by[(2, XLA_PATH)]
     per = ", ".join(f"{r:.3f}" for r in floor["xla_path_ratio_by_process"])
     lines.append(
         f"- stride 2: ours fwd+bwd / the same without the CPU kernel (XLA path) = "
-        f"{ours['fwdbwd'] / xla['fwdbwd']:.3f} (in each process: {per})"
+        f"{ours_over(rows, XLA_PATH):.3f} (in each process: {per})"
     )
     for stride in (1,):
         o, f = by[(stride, "ours max_pool")], by[(stride, "flax.linen.max_pool")]

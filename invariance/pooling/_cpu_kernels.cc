@@ -32,6 +32,8 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -257,30 +259,32 @@ ffi::Error Backward(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& gy, ffi::Buffe
 
 int64_t Channels(const ffi::Span<const int64_t>& d) { return d.size() == 0 ? -1 : d[d.size() - 1]; }
 
-ffi::Error MaxPool2x2Fwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                         ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::S8> idx) {
-  switch (Channels(x.dimensions())) {
+// f(std::integral_constant<int, C>{}) for the channel count c, if it has a specialisation.
+template <typename F>
+ffi::Error WithChannels(int64_t c, const char* op, F f) {
+  switch (c) {
 #define CASE(C) \
   case C:       \
-    return Forward<C>(pool, x, y, idx);
+    return f(std::integral_constant<int, C>{});
     INVARIANCE_FOR_EACH_C(CASE)
 #undef CASE
     default:
-      return ffi::Error::InvalidArgument("max_pool_2x2_fwd: unsupported channel count");
+      return ffi::Error::InvalidArgument(std::string(op) + ": unsupported channel count");
   }
+}
+
+ffi::Error MaxPool2x2Fwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                         ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::S8> idx) {
+  return WithChannels(Channels(x.dimensions()), "max_pool_2x2_fwd", [&](auto c) {
+    return Forward<decltype(c)::value>(pool, x, y, idx);
+  });
 }
 
 ffi::Error MaxPool2x2Bwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gy, ffi::Buffer<ffi::S8> idx,
                          ffi::ResultBuffer<ffi::F32> dx) {
-  switch (Channels(dx->dimensions())) {
-#define CASE(C) \
-  case C:       \
-    return Backward<C>(pool, gy, idx, dx);
-    INVARIANCE_FOR_EACH_C(CASE)
-#undef CASE
-    default:
-      return ffi::Error::InvalidArgument("max_pool_2x2_bwd: unsupported channel count");
-  }
+  return WithChannels(Channels(dx->dimensions()), "max_pool_2x2_bwd", [&](auto c) {
+    return Backward<decltype(c)::value>(pool, gy, idx, dx);
+  });
 }
 
 }  // namespace
