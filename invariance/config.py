@@ -230,7 +230,11 @@ def config_hash(config: ml_collections.ConfigDict | dict) -> str:
 
 
 def resolve(
-    name_or_path: str, *, profile: str = "quick", overrides: dict[str, Any] | None = None
+    name_or_path: str,
+    *,
+    profile: str = "quick",
+    overrides: dict[str, Any] | None = None,
+    sweep: bool = True,
 ) -> tuple[ml_collections.ConfigDict, list[ml_collections.ConfigDict]]:
     """Loads a config and its sweep.
 
@@ -238,6 +242,8 @@ def resolve(
         name_or_path: a config name in ``configs/`` or a path.
         profile: "quick" (CPU minutes), "full" (paper quality, GPU minutes) or "tiny" (tests).
         overrides: dotted-key overrides applied to the base config and every cell.
+        sweep: False resolves the base config alone (``invariance train``) and returns no
+            cells.
 
     Returns:
         ``(base, cells)``: the base config and one resolved config per sweep cell (the base
@@ -255,11 +261,13 @@ def resolve(
     module = load_config_module(name_or_path)
     base = _get_config(module, profile)
     apply_overrides(base, overrides)
-    sweep = _call_config(module, "get_sweep", profile) if hasattr(module, "get_sweep") else [{}]
-    if not isinstance(sweep, list | tuple) or not all(isinstance(c, dict) for c in sweep):
+    if not sweep:
+        return base, []
+    spec = _call_config(module, "get_sweep", profile) if hasattr(module, "get_sweep") else [{}]
+    if not isinstance(spec, list | tuple) or not all(isinstance(c, dict) for c in spec):
         raise ConfigError(f"config {module.__file__}: get_sweep must return a list of dicts")
     cells = []
-    for index, cell_overrides in enumerate(sweep):
+    for index, cell_overrides in enumerate(spec):
         cell = _get_config(module, profile)
         apply_overrides(cell, cell_overrides)
         _refuse_relabelling(cell, cell_overrides, overrides, module.__file__)

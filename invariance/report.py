@@ -4,6 +4,13 @@
 writes, per experiment found there, ``<experiment>.md`` / ``.csv`` / ``.tex`` and figures. The
 same rows always give byte-identical tables: nothing in them depends on when the report ran;
 each is stamped with the config, git commit, jax version and device recorded in the rows.
+
+What a table may aggregate (see docs/sweeps.md): every cell's rows are verified against its
+``done.json`` (a damaged cell is refused, naming the file); the cells of one table must share
+their study part (:func:`invariance.config.study_part`: everything but the cell's own sweep
+keys and its seeds), else the report refuses to put them together; cells that differ only in
+``measure.*`` (a re-measured cell) are separate rows whose label names the difference, with a
+note under the table; one seed is never counted twice; failed cells are marked.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from invariance.config import study_part
 from invariance.io import atomic_write_bytes, atomic_write_text
 from invariance.metrics import mean_ci
+from invariance.sweep import CellError, cell_state, read_json, read_rows
 
 __all__ = ["COLUMNS", "load_rows", "report", "summarise"]
 
@@ -72,16 +81,94 @@ COLUMNS: dict[str, list[Column]] = {
 }
 
 
+def _cells(run_dir: Path) -> tuple[list[tuple[Path, dict, list[Row]]], list[dict]]:
+    """Finished cells as (folder, config, verified rows), and failed cells' records."""
+    finished, failed = [], []
+    folders = {p.parent for p in run_dir.glob("**/done.json")}
+    folders |= {p.parent for p in run_dir.glob("**/failed.json")}
+    for cell in sorted(folders):
+        state, _ = cell_state(cell)
+        if state == "failed":
+            rec = read_json(cell / "failed.json")
+            failed.append({**rec, "folder": str(cell.relative_to(run_dir))})
+            continue
+        rows = read_rows(cell)  # CellError naming the file for a damaged cell
+        cfg = read_json(cell / "config.json")
+        if not isinstance(cfg, dict):
+            raise CellError(f"{cell / 'config.json'} does not hold a config (a JSON object)")
+        finished.append((cell, cfg, rows))
+    return finished, failed
+
+
 def load_rows(run_dir: str | Path) -> list[Row]:
-    """Every row of every finished cell under ``run_dir`` (cells in name order)."""
-    run_dir = Path(run_dir)
-    cells = sorted(p.parent for p in run_dir.glob("**/done.json"))
+    """Every row of every finished cell under ``run_dir`` (cells in name order), verified.
+
+    Raises:
+        CellError: a damaged cell (rows that do not match its ``done.json``) or a file that is
+            not valid JSON; the message names the file.
+    """
+    finished, _ = _cells(Path(run_dir))
+    return [r for _, _, rows in finished for r in rows]
+
+
+def _short(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, int | float | str | bool) or v is None else "changed"
+
+
+def _label_variants(
+    name: str, cells: list[tuple[Path, dict, list[Row]]], run_dir: Path
+) -> tuple[list[Row], list[str]]:
+    """The table's rows, labelled so that cells differing in ``measure.*`` stay apart, and the
+    note lines saying how they differ.
+
+    Raises:
+        CellError: the cells differ in anything but their own sweep keys, seeds and
+            ``measure.*``: they are different experiments.
+    """
+    parts = [(folder, study_part(cfg)) for folder, cfg, _ in cells]
+    keys = sorted({k for _, p in parts for k in p})
+    differ = [k for k in keys if len({json.dumps(p.get(k)) for _, p in parts}) > 1]
+    trained = [k for k in differ if not k.startswith("measure.")]
+    if trained:
+        k = trained[0]
+        seen: dict[str, Path] = {}
+        for folder, p in parts:
+            seen.setdefault(json.dumps(p.get(k)), folder)
+        where = ", ".join(f"{v} in {f.relative_to(run_dir)}" for v, f in list(seen.items())[:2])
+        raise CellError(
+            f"{name}: the cells under {run_dir} come from different configs ({k}: {where}); a "
+            "table never averages different experiments: report each sweep folder on its own"
+        )
+    ref = {}
+    for k in differ:
+        counts: dict[str, int] = defaultdict(int)
+        for _, p in parts:
+            counts[json.dumps(p.get(k))] += 1
+        ref[k] = min(counts, key=lambda v: (-counts[v], v))
     rows: list[Row] = []
-    for cell in cells:
-        path = cell / "rows.jsonl"
-        if path.is_file():
-            rows.extend(json.loads(line) for line in path.read_text().splitlines() if line)
-    return rows
+    owner: dict[tuple, Path] = {}  # (label, root seed, seed index) -> the cell that has it
+    for (folder, p), (_, cfg, mine) in zip(parts, cells, strict=True):
+        diff = [k for k in differ if json.dumps(p.get(k)) != ref[k]]
+        suffix = ", ".join(f"{k}={_short(p.get(k))}" for k in diff)
+        mine = [dict(r, label=f"{r['label']} [{suffix}]") if suffix else r for r in mine]
+        root = (cfg.get("train") or {}).get("seed")
+        for r in mine:
+            if r.get("seed_index") is None or r.get("protocol") != "accuracy":
+                continue
+            k = (r["label"], root, r["seed_index"])
+            if owner.setdefault(k, folder) != folder:
+                raise CellError(
+                    f"{name}: seed {r['seed_index']} of {r['label']!r} is in two cells "
+                    f"({owner[k].relative_to(run_dir)}, {folder.relative_to(run_dir)}); a seed "
+                    "is never averaged twice: remove one of them"
+                )
+        rows += mine
+    notes = [
+        f"Protocols differ between rows: {k} is {ref[k] if len(ref[k]) < 60 else 'one value'} "
+        "except in the rows whose label says otherwise."
+        for k in differ
+    ]
+    return rows, notes
 
 
 def _matches(row: Row, flt: dict[str, Any]) -> bool:
@@ -146,15 +233,39 @@ def _stamp(rows: Sequence[Row], run_dir: str | Path, name: str) -> str:
     )
 
 
-def _tables(name: str, rows: list[Row], columns: list[Column], run_dir, out: Path) -> list[Path]:
-    summary = summarise(rows, columns)
+def _failed_notes(failed: Sequence[dict]) -> list[str]:
+    return [
+        f"Failed cell {f.get('label')!r} ({f['folder']}/failed.json): loss {f.get('loss')} at "
+        f"step {f.get('step')} (epoch {f.get('epoch')}), seed {f.get('seed')}; not in the means."
+        for f in failed
+    ]
+
+
+def _tables(
+    name: str,
+    rows: list[Row],
+    columns: list[Column],
+    run_dir,
+    out: Path,
+    notes: Sequence[str] = (),
+    failed: Sequence[dict] = (),
+) -> list[Path]:
+    summary = summarise(rows, columns) if rows else []
     headers = [c[0] for c in columns]
+    labels = {e["label"] for e in summary}
+    for f in sorted(failed, key=lambda f: (f.get("cell_index") or 0, str(f.get("label")))):
+        if f.get("label") not in labels:  # a row that says it failed, instead of no row
+            summary.append({"label": f"{f.get('label')} (failed)", "n_seeds": 0})
+            summary[-1].update({h: None for h in headers})
     seeds = max((e["n_seeds"] for e in summary), default=1)
     md = [f"# {name}", "", f"Mean ± 95% CI over {seeds} seeds (Student t).", ""]
     md.append("| pooling | " + " | ".join(headers) + " |")
     md.append("| --- | " + " | ".join("---" for _ in headers) + " |")
     for e in summary:
         md.append(f"| {e['label']} | " + " | ".join(_fmt(e[h], h) for h in headers) + " |")
+    extra = [*notes, *_failed_notes(failed)]
+    if extra:
+        md += ["", *extra]
     md += ["", _stamp(rows, run_dir, name), ""]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -318,22 +429,29 @@ def report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]
         The paths written.
 
     Raises:
-        FileNotFoundError: no finished cell under ``run_dir``.
+        CellError: no finished or failed cell under ``run_dir``; a damaged cell or a file that
+            is not valid JSON (naming it); cells of different configs in one table, or a seed
+            in two cells (see the module doc).
     """
     run_dir = Path(run_dir)
-    rows = load_rows(run_dir)
-    if not rows:
-        raise FileNotFoundError(f"no finished cells (done.json + rows.jsonl) under {run_dir}")
+    finished, failed = _cells(run_dir)
+    if not finished and not failed:
+        raise CellError(f"no finished cells (done.json + rows.jsonl) under {run_dir}")
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    by_exp: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        by_exp[r.get("cell_config") or r.get("experiment", "rows")].append(r)
+    by_exp: dict[str, list] = defaultdict(list)
+    for cell in finished:
+        by_exp[str(cell[1].get("name") or cell[1].get("experiment", "rows"))].append(cell)
+    failed_by: dict[str, list[dict]] = defaultdict(list)
+    for f in failed:
+        failed_by[str(f.get("cell_config"))].append(f)
     written: list[Path] = []
-    for name, mine in sorted(by_exp.items()):
-        if name == "seed_figures" or mine[0].get("experiment") == "seed_figures":
+    for name in sorted(set(by_exp) | set(failed_by)):
+        cells = by_exp.get(name, [])
+        mine, notes = _label_variants(name, cells, run_dir) if cells else ([], [])
+        if cells and cells[0][1].get("experiment") == "seed_figures":
             written += _seed_figures(name, mine, run_dir, out)
             continue
         cols = COLUMNS.get(name, COLUMNS["sensitivity_maps"])
-        written += _tables(name, mine, cols, run_dir, out)
+        written += _tables(name, mine, cols, run_dir, out, notes, failed_by.get(name, []))
         written += _profile_figure(name, mine, out)
     return written

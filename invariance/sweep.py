@@ -405,6 +405,7 @@ def run_sweep(
     cluster: str | None = None,
     slurm: dict[str, Any] | None = None,
     progress: bool = True,
+    claim: bool = True,
 ) -> SweepResult:
     """Runs every unfinished cell under the workdir's lock; failed cells do not stop the others.
 
@@ -421,6 +422,9 @@ def run_sweep(
         slurm: submitit backend: executor parameters, e.g. ``{"slurm_partition": "gpu",
             "gpus_per_node": 1, "timeout_min": 60}``.
         progress: print a line per cell.
+        claim: record or check the workdir's study (:func:`claim_workdir`); ``invariance
+            measure`` passes False to add a re-measured cell (its own hash, its own row in
+            the report) to a sweep's folder.
 
     Returns:
         A :class:`SweepResult`.
@@ -435,7 +439,8 @@ def run_sweep(
         raise ValueError(f"processes must be >= 1, got {processes}")
     workdir = Path(workdir)
     with lock(workdir):
-        claim_workdir(workdir, cells)
+        if claim:
+            claim_workdir(workdir, cells)
         return _run_locked(cells, workdir, cell_fn, backend, processes, cluster, slurm, progress)
 
 
