@@ -139,12 +139,15 @@ def _label_variants(
             f"{name}: the cells under {run_dir} come from different configs ({k}: {where}); a "
             "table never averages different experiments: report each sweep folder on its own"
         )
-    ref = {}
+    ref: dict[str, str | None] = {}  # the value most cells have (None on a tie: name them all)
+    values: dict[str, list[str]] = {}
     for k in differ:
         counts: dict[str, int] = defaultdict(int)
         for _, p in parts:
             counts[json.dumps(p.get(k))] += 1
-        ref[k] = min(counts, key=lambda v: (-counts[v], v))
+        top = sorted(counts, key=lambda v: (-counts[v], v))
+        ref[k] = top[0] if counts[top[0]] > counts[top[1]] else None
+        values[k] = sorted(counts)
     rows: list[Row] = []
     owner: dict[tuple, Path] = {}  # (label, root seed, seed index) -> the cell that has it
     for (folder, p), (_, cfg, mine) in zip(parts, cells, strict=True):
@@ -163,11 +166,15 @@ def _label_variants(
                     "is never averaged twice: remove one of them"
                 )
         rows += mine
-    notes = [
-        f"Protocols differ between rows: {k} is {ref[k] if len(ref[k]) < 60 else 'one value'} "
-        "except in the rows whose label says otherwise."
-        for k in differ
-    ]
+    notes = []
+    for k in differ:
+        vals = ", ".join(_short(json.loads(v)) for v in values[k])
+        where = f"where it is not {_short(json.loads(ref[k]))}" if ref[k] is not None else ""
+        notes.append(
+            f"Protocols differ between rows: {k} takes {vals}; a row's label names its value "
+            f"{where}".rstrip()
+            + "."
+        )
     return rows, notes
 
 

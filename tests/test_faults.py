@@ -143,6 +143,24 @@ def test_report_never_counts_a_seed_twice(tmp_path):
         report(tmp_path / "p", tmp_path / "out")
 
 
+def test_report_shows_a_protocol_difference_between_rows(tmp_path):
+    from invariance.report import report
+
+    wd = tmp_path / "w"
+    cells = _cells(n=3, measure={"eval_examples": 64})
+    run_sweep(cells, wd, cell_fn=_rows_cell, progress=False)
+    md_before = report(wd, tmp_path / "a")[0].read_text()
+    assert "Protocols differ" not in md_before
+    again = dict(cells[1], measure={"eval_examples": 32})  # a re-measured cell: its own hash
+    run_sweep([again], wd, cell_fn=_rows_cell, progress=False, claim=False)
+    md = report(wd, tmp_path / "b")[0].read_text()
+    assert "| c1 |" in md and "| c1 [measure.eval_examples=32] |" in md
+    assert "| c0 |" in md and "| c2 |" in md and "c0 [" not in md
+    assert (
+        "measure.eval_examples takes 32, 64; a row's label names its value where it is not 64" in md
+    )
+
+
 def test_override_of_a_key_the_sweep_sets_per_cell_is_refused():
     with pytest.raises(C.ConfigError, match="sets per cell .*label would no longer say"):
         C.resolve("pooling_table", profile="tiny", overrides={"train.model_options.pool": "avg"})
@@ -289,8 +307,9 @@ def test_remeasure_keeps_identities_and_the_report_shows_the_difference(mini_swe
     assert len(hist) == 1  # the trained checkpoint was reused, nothing retrained
     assert "loss" not in r.stderr.lower() or "Traceback" not in r.stderr
     md = report(wd, tmp_path / "out")[0].read_text()
-    assert "| ok |" in md and "| ok [measure.eval_examples=32] |" in md
-    assert "Protocols differ between rows: measure.eval_examples is 64" in md
+    # one cell each way: both rows name their value
+    assert "| ok [measure.eval_examples=64] |" in md and "| ok [measure.eval_examples=32] |" in md
+    assert "Protocols differ between rows: measure.eval_examples takes 32, 64;" in md
     # measure refuses to change what was trained
     r2 = subprocess.run(
         [sys.executable, "-m", "invariance.cli", "measure", str(ok), "--set", "train.num_epochs=5"],
