@@ -49,7 +49,7 @@ PROFILES = ("quick", "full", "tiny")
 # experiment, and a report averages them (by seed).
 SEED_KEYS = ("train.seed", "train.seed_offset", "train.num_seeds", "measure.seed")
 # Fields that say which row of its study a cell is, never part of the study itself.
-_CELL_KEYS = ("cell_name", "cell_index", "sweep_keys", "progress", "workdir")
+_CELL_KEYS = ("cell_name", "cell_index", "sweep_keys", "progress", "workdir", "report")
 
 
 def config_dir() -> Path:
@@ -66,8 +66,9 @@ def config_dir() -> Path:
 
 
 CONFIG_DIR = config_dir()
-# Fields that say where or how verbosely a cell runs, not what it computes: not hashed.
-_NOT_HASHED = ("workdir", "progress")
+# Fields that say where or how verbosely a cell runs, or how it is reported, not what it
+# computes: not hashed (a column added to a study's report retrains nothing).
+_NOT_HASHED = ("workdir", "progress", "report")
 
 
 class ConfigError(ValueError):

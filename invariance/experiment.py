@@ -316,7 +316,9 @@ def train_measure_config(name: str, profile: str) -> ml_collections.ConfigDict:
         ``train`` (:func:`invariance.train.default_config` resized) and ``measure``
         (``eval_examples``, ``chunk_size``, ``seed``, ``protocols``: a list of dicts, each with
         ``fn``, a protocol name of :data:`PROTOCOL_FNS`, optionally ``num_images`` (use only
-        the first N evaluation images), and the protocol's keyword options).
+        the first N evaluation images), and the protocol's keyword options) and ``report``
+        (:data:`invariance.report.DEFAULT_REPORT`: a study replaces it with its own columns
+        and figures).
     """
     if profile not in PROFILE_SIZES:
         raise ValueError(f"unknown profile {profile!r}: valid are {', '.join(PROFILE_SIZES)}")
@@ -338,6 +340,9 @@ def train_measure_config(name: str, profile: str) -> ml_collections.ConfigDict:
     c.measure = ml_collections.ConfigDict(
         {"eval_examples": size["eval_examples"], "chunk_size": None, "seed": 0, "protocols": []}
     )
+    from invariance.report import DEFAULT_REPORT
+
+    c.report = ml_collections.ConfigDict(json.loads(json.dumps(DEFAULT_REPORT)))
     return c
 
 
@@ -486,15 +491,19 @@ def _validate_seed_figures(c: dict[str, Any]) -> None:
 
 
 def validate_cell(config: dict[str, Any] | ml_collections.ConfigDict) -> None:
-    """Checks one resolved cell without loading data or training (see module doc).
+    """Checks one resolved cell without loading data or training (see module doc), and the
+    study's ``report`` section (:func:`invariance.report.validate_report`).
 
     Raises:
         ConfigError: one line naming the cell, the field and the valid choices.
     """
+    from invariance.report import validate_report
+
     c = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     kind = c.get("experiment")
     where = f"cell {c.get('cell_name', c.get('name'))!r}"
     try:
+        validate_report(c.get("report"))
         if kind == "train_measure":
             _validate_train_measure(c)
         elif kind == "seed_figures":

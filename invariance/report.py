@@ -31,54 +31,71 @@ from invariance.io import atomic_write_bytes, atomic_write_text
 from invariance.metrics import mean_ci
 from invariance.sweep import CellError, cell_state, read_json, read_rows
 
-__all__ = ["COLUMNS", "load_rows", "report", "summarise"]
+__all__ = [
+    "BUILDERS",
+    "DEFAULT_REPORT",
+    "FIGURES",
+    "column",
+    "consistency_column",
+    "load_rows",
+    "report",
+    "severity_column",
+    "standard_columns",
+    "summarise",
+    "validate_report",
+]
 
 Row = dict[str, Any]
-# (header, filter on row fields, value field, scale): one table column.
-Column = tuple[str, dict[str, Any], str, float]
-
-ACC: Column = ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100)
-PARAMS: Column = ("params", {"protocol": "accuracy"}, "num_params", 1)
-TRAIN_S: Column = ("train s", {"protocol": "accuracy"}, "train_seconds", 1)
+# One table column: {"header", "field", "scale", "where" (row fields to match), "digits"
+# (decimals), "count" (a count: thousands separator, no CI)}; see column().
+Column = dict[str, Any]
 
 
-def _consistency(mode: str, header: str) -> Column:
-    return (header, {"protocol": "shift_consistency", "mode": mode}, "consistency", 100)
+def column(
+    header: str, field: str, scale: float = 1, *, digits: int = 1, count: bool = False, **where
+) -> Column:
+    """One table column: the mean and 95% CI over seeds of ``row[field] * scale`` over the rows
+    whose fields equal ``where`` (``None`` matches a field present and null).
+
+    Args:
+        header: the column's header (Markdown, CSV and LaTeX).
+        field: the row field averaged.
+        scale: multiplies the value (100 for percentages).
+        digits: decimals shown.
+        count: a count (e.g. parameters): thousands separators, no CI.
+        **where: the row filter, e.g. ``protocol="shift_consistency", mode="circular"``.
+
+    Returns:
+        A plain dict, as a study's config declares it under ``report.columns``.
+    """
+    return {
+        "header": header,
+        "field": field,
+        "scale": scale,
+        "where": dict(where),
+        "digits": digits,
+        "count": count,
+    }
 
 
-def _severity(transform: str, header: str) -> Column:
-    return (header, {"protocol": "severity_curve", "transform": transform}, "accuracy", 100)
+def consistency_column(mode: str, header: str) -> Column:
+    """Shift consistency (Zhang 2019) under ``mode`` shifts, in %."""
+    return column(header, "consistency", 100, protocol="shift_consistency", mode=mode)
 
 
-CONS_CIRC = _consistency("circular", "consistency circ. ±3 %")
-CONS_CONST = _consistency("constant", "consistency const. ±3 %")
+def severity_column(transform: str, header: str) -> Column:
+    """Accuracy under a ``severity_curve`` transform, in %."""
+    return column(header, "accuracy", 100, protocol="severity_curve", transform=transform)
 
-COLUMNS: dict[str, list[Column]] = {
-    "pooling_table": [
-        ACC,
-        CONS_CIRC,
-        CONS_CONST,
-        (
-            "1-px P(top-1 change) %",
-            {"protocol": "one_pixel_flip_rate", "position": None},
-            "p_top1_change",
-            100,
-        ),
-        _severity("random_mask", "acc. random mask 0.3 %"),
-        _severity("line_mask", "acc. grid lines %"),
-        _severity("inverse_mask", "acc. inverse mask 0.1 %"),
-        _severity("occlusion", "acc. 8x8 occlusion %"),
-        PARAMS,
-        TRAIN_S,
-    ],
-    "downsample_input": [ACC, CONS_CIRC, CONS_CONST, PARAMS, TRAIN_S],
-    "cifar10_blurpool": [
-        ACC,
-        _consistency("constant", "consistency const. %"),
-        _consistency("circular", "consistency circ. %"),
-    ],
-    "sensitivity_maps": [ACC],
-}
+
+def standard_columns(name: str) -> Column:
+    """The columns every ``train_measure`` study can show: ``"accuracy"``, ``"params"``,
+    ``"train_seconds"``."""
+    return {
+        "accuracy": column("test acc. %", "accuracy", 100, protocol="accuracy"),
+        "params": column("params", "num_params", protocol="accuracy", digits=0, count=True),
+        "train_seconds": column("train s", "train_seconds", protocol="accuracy", digits=0),
+    }[name]
 
 
 def _cells(run_dir: Path) -> tuple[list[tuple[Path, dict, list[Row]]], list[dict]]:
@@ -201,7 +218,8 @@ def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, 
         mine = [r for r in rows if r.get("label") == label]
         entry: dict[str, Any] = {"label": label}
         seeds = set()
-        for header, flt, field, scale in columns:
+        for col in columns:
+            header, flt, field, scale = col["header"], col["where"], col["field"], col["scale"]
             vals = [r[field] * scale for r in mine if _matches(r, flt) and r.get(field) is not None]
             seeds.update(r.get("seed_index") for r in mine if _matches(r, flt))
             if not vals:
@@ -216,13 +234,13 @@ def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, 
     return out
 
 
-def _fmt(v: tuple[float, float] | None, header: str) -> str:
+def _fmt(v: tuple[float, float] | None, col: Column) -> str:
     if v is None:
         return "–"
     m, h = v
-    if header in ("params",):
+    if col.get("count"):
         return f"{m:,.0f}"
-    digits = 0 if header == "train s" else 1
+    digits = int(col.get("digits", 1))
     if math.isnan(h):
         return f"{m:.{digits}f}"
     return f"{m:.{digits}f} ± {h:.{digits}f}"
@@ -251,14 +269,18 @@ def _failed_notes(failed: Sequence[dict]) -> list[str]:
 def _tables(
     name: str,
     rows: list[Row],
-    columns: list[Column],
+    spec: dict[str, Any],
     run_dir,
     out: Path,
     notes: Sequence[str] = (),
     failed: Sequence[dict] = (),
 ) -> list[Path]:
+    """The ``"table"`` builder: one row per label, one column per ``spec["columns"]`` entry
+    (mean ± 95% CI over seeds), as Markdown, CSV and LaTeX; then ``spec["figures"]``."""
+    columns = list(spec["columns"])
     summary = summarise(rows, columns) if rows else []
-    headers = [c[0] for c in columns]
+    headers = [c["header"] for c in columns]
+    by_header = {c["header"]: c for c in columns}
     labels = {e["label"] for e in summary}
     for f in sorted(failed, key=lambda f: (f.get("cell_index") or 0, str(f.get("label")))):
         if f.get("label") not in labels:  # a row that says it failed, instead of no row
@@ -269,7 +291,8 @@ def _tables(
     md.append("| pooling | " + " | ".join(headers) + " |")
     md.append("| --- | " + " | ".join("---" for _ in headers) + " |")
     for e in summary:
-        md.append(f"| {e['label']} | " + " | ".join(_fmt(e[h], h) for h in headers) + " |")
+        cells = [_fmt(e[h], by_header[h]) for h in headers]
+        md.append(f"| {e['label']} | " + " | ".join(cells) + " |")
     extra = [*notes, *_failed_notes(failed)]
     if extra:
         md += ["", *extra]
@@ -287,14 +310,17 @@ def _tables(
     tex.append("pooling & " + " & ".join(h.replace("%", "\\%") for h in headers) + " \\\\")
     tex.append("\\midrule")
     for e in summary:
-        vals = [_fmt(e[h], h).replace("±", "$\\pm$") for h in headers]
+        vals = [_fmt(e[h], by_header[h]).replace("±", "$\\pm$") for h in headers]
         tex.append(e["label"].replace("_", "\\_") + " & " + " & ".join(vals) + " \\\\")
     tex += ["\\bottomrule", "\\end{tabular}", ""]
-    return [
+    written = [
         atomic_write_text(out / f"{name}.md", "\n".join(md)),
         atomic_write_text(out / f"{name}.csv", buf.getvalue()),
         atomic_write_text(out / f"{name}.tex", "\n".join(tex)),
     ]
+    for fig in spec.get("figures", ()):
+        written += FIGURES[fig](name, rows, out)
+    return written
 
 
 def _savefig(fig, path: Path) -> Path:
@@ -339,7 +365,9 @@ def _profile_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
     return [_savefig(fig, out / f"{name}_sensitivity.png")]
 
 
-def _seed_figures(name: str, rows: list[Row], run_dir: Path, out: Path) -> list[Path]:
+def _seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_) -> list[Path]:
+    """The ``"seed_figures"`` builder: masking curves, a relative-change table and example
+    images (``examples.npz`` of the cells) for the seeds' experiments."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -422,7 +450,40 @@ def _sev(r: Row) -> Any:
     return float(f"{sev:.6g}") if isinstance(sev, float) else sev
 
 
-BUILDERS: dict[str, Callable[..., list[Path]]] = {}
+#: Report builders by name: ``builder(name, rows, spec, run_dir, out, notes, failed)``.
+BUILDERS: dict[str, Callable[..., list[Path]]] = {"table": _tables, "seed_figures": _seed_figures}
+#: Figures a ``"table"`` report may add, by name: ``figure(name, rows, out) -> paths``.
+FIGURES: dict[str, Callable[[str, list[Row], Path], list[Path]]] = {
+    "sensitivity_profile": _profile_figure,
+}
+#: The report of a config that declares none: test accuracy per label.
+DEFAULT_REPORT: dict[str, Any] = {
+    "builder": "table",
+    "columns": [standard_columns("accuracy")],
+    "figures": ["sensitivity_profile"],
+}
+_COLUMN_KEYS = ("header", "field", "scale", "where", "digits", "count")
+
+
+def validate_report(spec: dict[str, Any] | None) -> None:
+    """Checks a study's ``report`` section (builder, figures, columns); one-line ValueError."""
+    spec = DEFAULT_REPORT if spec is None else spec
+    builder = spec.get("builder")
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown report builder {builder!r}: valid are {', '.join(BUILDERS)}")
+    for fig in spec.get("figures", ()):
+        if fig not in FIGURES:
+            raise ValueError(f"unknown report figure {fig!r}: valid are {', '.join(FIGURES)}")
+    if builder == "table":
+        for col in spec.get("columns") or ():
+            missing = [k for k in _COLUMN_KEYS if k not in col]
+            if missing:
+                raise ValueError(
+                    f"report column {col.get('header')!r} lacks {', '.join(missing)} "
+                    "(build columns with invariance.report.column)"
+                )
+        if not spec.get("columns"):
+            raise ValueError("a table report needs report.columns")
 
 
 def report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -455,10 +516,12 @@ def report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]
     for name in sorted(set(by_exp) | set(failed_by)):
         cells = by_exp.get(name, [])
         mine, notes = _label_variants(name, cells, run_dir) if cells else ([], [])
-        if cells and cells[0][1].get("experiment") == "seed_figures":
-            written += _seed_figures(name, mine, run_dir, out)
-            continue
-        cols = COLUMNS.get(name, COLUMNS["sensitivity_maps"])
-        written += _tables(name, mine, cols, run_dir, out, notes, failed_by.get(name, []))
-        written += _profile_figure(name, mine, out)
+        spec = (cells[0][1].get("report") if cells else None) or DEFAULT_REPORT
+        try:
+            validate_report(spec)
+        except ValueError as e:
+            where = cells[0][0] / "config.json" if cells else name
+            raise CellError(f"{where}: {e}") from None
+        build = BUILDERS[spec["builder"]]
+        written += build(name, mine, spec, run_dir, out, notes, failed_by.get(name, []))
     return written

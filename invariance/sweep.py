@@ -356,6 +356,24 @@ def _run_one(cell_fn: CellFn, config: dict[str, Any], folder: str) -> dict[str, 
     return {"folder": folder, "status": "finished"}
 
 
+def _refresh_finished(cells, workdir: Path, todo: set[Path]) -> None:
+    """A finished cell's ``config.json`` takes the fields that are not hashed (its report
+    section): a column added to a study shows in the next report without rerunning a cell."""
+    for c in cells:
+        d = to_dict(c)
+        folder = cell_dir(workdir, d)
+        path = folder / CONFIG_FILE
+        if folder in todo or not path.is_file():
+            continue
+        try:
+            same = json.loads(path.read_text()) == d
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            with lock(folder):
+                atomic_write_json(path, d)
+
+
 def _watch_parent(parent: int) -> None:
     """Process-pool initializer: the worker ends itself once its parent process is gone."""
 
@@ -449,6 +467,7 @@ def _run_locked(cells, workdir, cell_fn, backend, processes, cluster, slurm, pro
     all_dirs = [cell_dir(workdir, c) for c in cells]
     say = print if progress else (lambda *a, **k: None)
     say(f"sweep: {len(set(all_dirs))} cells, {len(todo)} to run, in {workdir}", flush=True)
+    _refresh_finished(cells, workdir, {f for _, f in todo})
     for _, folder in todo:
         state, detail = cell_state(folder)
         if state in ("damaged", "failed"):

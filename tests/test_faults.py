@@ -724,3 +724,35 @@ def test_wheel_carries_the_configs_and_finds_them_outside_a_checkout(tmp_path):
     assert n == "12"
     # results of a command go under the folder it runs in
     assert cli._default_workdir("reproduce", "quick", []) == Path("runs/reproduce-quick")
+
+
+# ------------------------------------------------------------------------------------------
+# Issue 13: a study is one file: its config declares its report.
+
+
+def test_a_studys_config_declares_its_report_columns(tmp_path):
+    from invariance.report import column, report, standard_columns
+
+    log = tmp_path / "log.txt"
+    cells = _cells(log=log, report={"builder": "table", "columns": [standard_columns("accuracy")]})
+    wd = tmp_path / "w"
+    run_sweep(cells, wd, cell_fn=_rows_cell, progress=False)
+    md = report(wd, tmp_path / "a")[0].read_text()
+    assert "| pooling | test acc. % |" in md
+    # A column added in the study's config: no cell reruns, the next report shows it.
+    extra = column("acc. x1000", "accuracy", 1000, digits=0, protocol="accuracy")
+    for c in cells:
+        c["report"] = {"builder": "table", "columns": [standard_columns("accuracy"), extra]}
+    assert cell_dir(wd, cells[0]).name.endswith(C.config_hash(cells[0]))
+    run_sweep(cells, wd, cell_fn=_rows_cell, progress=False)
+    assert log.read_text().split() == ["c0", "c1"]  # nothing ran again
+    md = report(wd, tmp_path / "b")[0].read_text()
+    assert "| pooling | test acc. % | acc. x1000 |" in md and "| c0 | 50.5 ± 6.4 | 505 ± 64 |" in md
+    # An unknown builder or figure is a one-line error before anything runs.
+    from invariance.experiment import validate_cell
+
+    _, real = C.resolve("pooling_table", profile="tiny")
+    bad = C.to_dict(real[0])
+    bad["report"]["figures"] = ["histogram"]
+    with pytest.raises(C.ConfigError, match="unknown report figure 'histogram': valid are"):
+        validate_cell(bad)
