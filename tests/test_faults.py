@@ -574,6 +574,13 @@ def test_second_process_gets_one_line_naming_the_holder(tmp_path, capsys, monkey
             tmp_path,
         )
         _one_line_error(code, err, f"in use by process {holder.pid}")
+        code, _, err = _main(
+            ["train", "pooling_table", "--profile", "tiny", "--workdir", str(folder)],
+            capsys,
+            monkeypatch,
+            tmp_path,
+        )
+        _one_line_error(code, err, f"in use by process {holder.pid}")  # trainings lock too
     finally:
         holder.kill()
         holder.wait()
