@@ -12,6 +12,7 @@ fails with a ValueError instead of running code.
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 import tarfile
@@ -36,13 +37,15 @@ def _reconstruct():
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles a CIFAR-10 batch: dicts, lists, bytes, str and numpy arrays only."""
+    """Unpickles a CIFAR-10 batch: dicts, lists, bytes, str, ints and numpy arrays only."""
 
     def find_class(self, module: str, name: str):
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
             return _reconstruct()
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):  # How Python 3 writes bytes in protocol 2.
+            return codecs.encode
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
 
 
