@@ -13,7 +13,7 @@
    modification times, so changed files are read again.
 2. The array cache: verified ``.npy`` files under the cache folder (``$INVARIANCE_CACHE_DIR``,
    else ``$XDG_CACHE_HOME/invariance``, else ``~/.cache/invariance``); a warm load of
-   Fashion-MNIST train takes a few hundredths of a second. Every array is checked against its
+   Fashion-MNIST train takes a fraction of a second. Every array is checked against its
    recorded sha256 on read; a bad entry is reported once and rebuilt (see ``_cache``).
 3. The shipped copy (Fashion-MNIST): the four IDX files inside the package,
    ``invariance/data/files/fashion_mnist/`` (MIT licence and source beside them).
