@@ -172,6 +172,20 @@ def test_good_mirror(mirror, mnist_files, monkeypatch, tmp_path):
     assert len(mirror.requests) == 4
 
 
+def test_one_mirror_for_both_idx_datasets_through_name(mirror, mnist_files, monkeypatch):
+    files, arrays = mnist_files
+    publish(monkeypatch, "fashion_mnist", files)  # The same tiny files stand in for both.
+    mirror.serve("m/mnist", files)
+    mirror.serve("m/fashion_mnist", files)
+    monkeypatch.setenv("INVARIANCE_DATA_MIRRORS", mirror.url("m/{name}"))
+    images, labels = data.load("fashion_mnist", "test")  # No shipped copy here: downloaded.
+    np.testing.assert_array_equal(images[..., 0], arrays["t10k"][0])
+    assert_mnist("test", arrays)
+    assert sorted(mirror.requests) == sorted(
+        f"/m/{n}/{f}" for n in ("fashion_mnist", "mnist") for f in files
+    )
+
+
 def test_first_mirror_404_then_a_good_one(mirror, mnist_files, monkeypatch):
     files, arrays = mnist_files
     mirror.serve("good", files)
