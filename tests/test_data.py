@@ -254,6 +254,18 @@ def damage_header(path: Path) -> None:
     path.write_bytes(bytes(content))
 
 
+def damage_append(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + b"\0" * 16)
+
+
+def damage_huge_shape(path: Path) -> None:
+    """Same size; the header now asks for a 5 TB array."""
+    content = path.read_bytes()
+    old, new = b"(7, 28, 28, 1), }" + b" " * 9, b"(7000000000, 28, 28, 1), }"
+    assert old in content and len(old) == len(new)
+    path.write_bytes(content.replace(old, new))
+
+
 def damage_shape(path: Path) -> None:
     np.save(path, np.load(path)[:-1])  # A readable array, one example short.
 
@@ -267,6 +279,8 @@ def damage_shape(path: Path) -> None:
         ("images.npy", damage_same_size),
         ("labels.npy", damage_same_size),
         ("images.npy", damage_header),
+        ("images.npy", damage_huge_shape),
+        ("images.npy", damage_append),
         ("labels.npy", damage_shape),
         ("manifest.json", damage_truncate),
         ("manifest.json", Path.unlink),

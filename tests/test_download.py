@@ -229,6 +229,22 @@ def test_no_good_copy_is_one_error_with_both_hashes(mirror, mnist_files, monkeyp
     assert not (downloads(tmp_path, "mnist") / name).exists()
 
 
+def test_a_mirror_sending_too_much_is_cut_off(mirror, mnist_files, monkeypatch, tmp_path):
+    files, _ = mnist_files
+    name = "t10k-labels-idx1-ubyte.gz"
+    mirror.serve("big", {**files, name: files[name] + bytes(1 << 21)})
+    mirror.serve("good", files)
+    folder = downloads(tmp_path, "mnist")
+    monkeypatch.setenv("INVARIANCE_DATA_MIRRORS", mirror.url("big"))
+    with pytest.raises(
+        _download.DownloadError, match=f"sent more than the published {len(files[name])} bytes"
+    ):
+        _download.fetch("mnist", name, folder, progress=False)
+    assert not list(folder.iterdir())
+    monkeypatch.setenv("INVARIANCE_DATA_MIRRORS", f"{mirror.url('big')},{mirror.url('good')}")
+    assert _download.fetch("mnist", name, folder, progress=False).read_bytes() == files[name]
+
+
 def test_dropped_connection_leaves_nothing_and_a_rerun_succeeds(
     mirror, mnist_files, monkeypatch, tmp_path
 ):

@@ -47,29 +47,55 @@ def _describe(array: np.ndarray) -> dict:
     return {"dtype": array.dtype.str, "shape": list(array.shape), "sha256": _sha256(array)}
 
 
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _load_npy(path: Path, expected: dict) -> tuple[np.ndarray | None, str]:
+    """Reads one .npy file if its header, size and sha256 match ``expected`` (its manifest
+    record): ``(array, "")``, else ``(None, why)``. Nothing is allocated before the header
+    matches, so a corrupt header cannot ask for a huge array."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in _HEADER_READERS:
+                return None, f"has an unsupported .npy version {version}"
+            shape, fortran_order, dtype = _HEADER_READERS[version](f)
+            header = {"dtype": dtype.str, "shape": list(shape)}
+            if fortran_order or header != {k: expected.get(k) for k in header}:
+                return None, (
+                    f"has a header for dtype {header['dtype']} shape {header['shape']}, its "
+                    f"manifest says dtype {expected.get('dtype')} shape {expected.get('shape')}"
+                )
+            buffer = bytearray(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+            if (got := f.readinto(buffer)) != len(buffer):
+                return None, f"is truncated ({got} of {len(buffer)} data bytes)"
+            if f.read(1):
+                return None, f"has bytes after its {len(buffer)} data bytes"
+    except (OSError, ValueError, EOFError) as e:  # 0-byte, no magic, unreadable header.
+        return None, f"is unreadable ({type(e).__name__}: {e})"
+    array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    if (sha := _sha256(array)) != expected.get("sha256"):
+        return None, f"has sha256 {sha}, its manifest says {expected.get('sha256')}"
+    return array, ""
+
+
 def _check(entry: Path) -> tuple[tuple[np.ndarray, np.ndarray] | None, Path, str]:
     """Loads and verifies an entry: ``(arrays, _, "")``, or ``(None, bad file, why)``."""
     manifest_path = entry / _MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
-        expected = {key: manifest[key] for key in _ARRAYS}
+        expected = {key: dict(manifest[key]) for key in _ARRAYS}
     except (OSError, ValueError, KeyError, TypeError) as e:
         return None, manifest_path, f"is missing or unreadable ({type(e).__name__}: {e})"
     arrays = []
     for key in _ARRAYS:
         path = entry / f"{key}.npy"
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            return None, path, f"is truncated or unreadable ({type(e).__name__}: {e})"
-        got = _describe(array)
-        if got != expected[key]:
-            diff = ", ".join(
-                f"{k} {got[k]} instead of {expected[key].get(k)}"
-                for k in got
-                if got[k] != expected[key].get(k)
-            )
-            return None, path, f"does not match its manifest ({diff})"
+        array, why = _load_npy(path, expected[key])
+        if array is None:
+            return None, path, why
         arrays.append(array)
     images, labels = arrays
     if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != images.shape[:1]:
@@ -109,6 +135,7 @@ def write(name: str, split: str, source: str, images: np.ndarray, labels: np.nda
     try:
         manifest = {}
         for key, array in zip(_ARRAYS, (images, labels), strict=True):
+            array = np.ascontiguousarray(array)
             np.save(tmp / f"{key}.npy", array)
             manifest[key] = _describe(array)
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -16,6 +16,7 @@ import codecs
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def _read_batch(archive: tarfile.TarFile, member: str, path: Path) -> tuple[np.n
         batch = _BatchUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
         data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[b"labels"])
-    except (KeyError, TypeError, pickle.UnpicklingError, EOFError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, pickle.UnpicklingError, EOFError) as e:
         raise ValueError(f"{path}: {_FOLDER}/{member} is not a CIFAR-10 batch ({e!r})") from e
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(
@@ -91,6 +92,6 @@ def read_archive(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                     np.concatenate([p[0] for p in pairs]),
                     np.concatenate([p[1] for p in pairs]),
                 )
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{path}: cannot be read as a CIFAR-10 tarball ({e})") from e
     return splits

@@ -129,7 +129,7 @@ def _download_to(url: str, target: Path, published: _sources.Published, *, progr
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            result = _stream(url, out, target.name, progress=progress)
+            result = _stream(url, out, target.name, published.size, progress=progress)
             if isinstance(result, str):
                 return result
             digest, size = result
@@ -143,8 +143,11 @@ def _download_to(url: str, target: Path, published: _sources.Published, *, progr
         tmp.unlink(missing_ok=True)
 
 
-def _stream(url: str, out, label: str, *, progress: bool) -> tuple[str, int] | str:
-    """Copies ``url``'s body into ``out``: ``(sha256, bytes)``, or one line saying what failed."""
+def _stream(url: str, out, label: str, limit: int, *, progress: bool) -> tuple[str, int] | str:
+    """Copies ``url``'s body into ``out``: ``(sha256, bytes)``, or one line saying what failed.
+
+    Stops once more than ``limit`` bytes (the published size) arrive: a mirror cannot fill
+    the disk."""
     request = urllib.request.Request(url, headers={"User-Agent": "invariance-data/1"})
     digest, size = hashlib.sha256(), 0
     try:
@@ -166,6 +169,8 @@ def _stream(url: str, out, label: str, *, progress: bool) -> tuple[str, int] | s
                     digest.update(chunk)
                     size += len(chunk)
                     bar.update(len(chunk))
+                    if size > limit:
+                        return f"sent more than the published {limit} bytes"
     except urllib.error.HTTPError as e:
         return f"HTTP {e.code} {e.reason}"
     except urllib.error.URLError as e:
