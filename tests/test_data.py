@@ -504,6 +504,20 @@ def test_synthetic_classes_are_separable_whatever_the_position():
 # The real Fashion-MNIST, from the shipped copy.
 
 
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    from invariance import _paths
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("INVARIANCE_CACHE_DIR")
+    assert _paths.cache_dir() == tmp_path / "home" / ".cache" / "invariance"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _paths.cache_dir() == tmp_path / "xdg" / "invariance"
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path / "mine"))
+    assert _paths.cache_dir() == tmp_path / "mine"
+    assert _paths.package_dir("data", "files") == SHIPPED_DIR.parent
+
+
 def test_search_order_is_one_documented_list():
     steps = [step for step, _ in data.SEARCH_ORDER]
     assert steps == ["data_dir", "cache", "shipped", "debian", "download"]
