@@ -197,7 +197,9 @@ def _fingerprint(directory: Path) -> str:
     for pair in _idx.FILES.values():
         for stem in pair:
             path = _idx.find_file(directory, stem)
-            stat = path.stat()  # find_dir found all four.
+            if path is None:  # find_dir saw all four: removed since.
+                raise DataNotFoundError(f"{directory / stem}.gz: removed while being read")
+            stat = path.stat()
             digest.update(f"\0{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return "dir-" + digest.hexdigest()[:16]
 
