@@ -1,4 +1,4 @@
-"""The seeds' masking experiments (seeds/000) on Fashion-MNIST T-shirts, as figures and numbers.
+"""Masking claims 1-4 of docs/seeds.md on Fashion-MNIST T-shirts, as figures and numbers.
 
 Command:  invariance sweep seed_figures --profile quick && invariance report runs/seed_figures-quick
 Runtime:  quick ~1 min on a 2-core CPU; full ~5 min.

@@ -6,7 +6,7 @@
   every protocol of ``config.measure.protocols`` on the first ``measure.eval_examples`` test
   images, for every seed. Rows carry the cell's label, seed index, test accuracy, parameter
   count and training time next to each protocol's own fields.
-* ``"seed_figures"`` — the seeds' experiments (seeds/000): pooling alone and the two Probe
+* ``"seed_figures"`` — claims 1-4 of docs/seeds.md: pooling alone and the two Probe
   networks (Conv -> MaxPool(2x2, stride 1) -> Conv against Conv -> Conv, random
   initialisation, several seeds) under random, line and inverse masking of Fashion-MNIST
   T-shirts; also saves example images (``examples.npz``) for the report's figures.
