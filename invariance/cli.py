@@ -353,7 +353,7 @@ def _enable_compilation_cache() -> None:
     programs instead of compiling them again (numbers are unchanged; only time is saved)."""
     import jax
 
-    from invariance.data._cache import cache_dir
+    from invariance._paths import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

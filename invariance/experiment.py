@@ -389,7 +389,7 @@ def _check_numbers(t: dict[str, Any]) -> None:
             raise ConfigError(f"train.{name} must be an integer, got {v!r}")
     for name in _FLOAT_FIELDS:
         v = t.get(name)
-        if not _is_number(v) or not math.isfinite(v) or v < 0:
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"train.{name} must be a finite number >= 0, got {v!r}")
     widths = t.get("model_options", {}).get("widths")
     if widths is not None and (

@@ -215,7 +215,7 @@ def claim_workdir(workdir: str | Path, cells: Sequence[ml_collections.ConfigDict
         StudyMismatchError: ``workdir`` holds another study (the message names the first keys
             that differ).
     """
-    parts = {}
+    parts: dict[str, dict[str, Any]] = {}
     for c in cells:
         part = study_part(c)
         parts.setdefault(_part_hash(part), part)
@@ -224,8 +224,8 @@ def claim_workdir(workdir: str | Path, cells: Sequence[ml_collections.ConfigDict
         old = read_json(path)
         old_parts = old.get("parts", {}) if isinstance(old, dict) else {}
         if set(parts) != set(old_parts):
-            a = next(iter(old_parts.values()), {})
-            b = next(iter(parts.values()), {})
+            a: dict[str, Any] = next(iter(old_parts.values()), {})
+            b: dict[str, Any] = next(iter(parts.values()), {})
             raise StudyMismatchError(
                 f"{workdir} holds the cells of another resolved config ({config_diff(a, b)}); "
                 "cells of different configs must not be averaged: pass another --workdir (the "
