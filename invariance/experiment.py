@@ -105,7 +105,8 @@ def _run_protocol(
 @contextlib.contextmanager
 def keep_config_on_failure(run_dir: str | Path) -> Iterator[None]:
     """Restores ``run_dir/config.json`` as it was if the block raises (e.g. a diverged attempt
-    with changed hyperparameters): a failed attempt never rewrites the run's record."""
+    with changed hyperparameters): a failed attempt never rewrites the record of a run that was
+    already there. A first attempt keeps the file it wrote (it describes its checkpoints)."""
     path = Path(run_dir) / "config.json"
     before = path.read_bytes() if path.is_file() else None
     try:
@@ -113,8 +114,6 @@ def keep_config_on_failure(run_dir: str | Path) -> Iterator[None]:
     except BaseException:
         if before is not None:
             atomic_write_bytes(path, before)
-        elif path.is_file():
-            path.unlink()
         raise
 
 
