@@ -27,7 +27,7 @@ def pytest_xdist_auto_num_workers(config):
 # each took more than about a second in one process (``python -m pytest -n 0 -m "not slow"
 # --durations=0``; the time is the slowest parameter's, on the 2-core CI VM). Listed by file and
 # test function: every parametrisation of a listed test is left out.
-NOT_FAST: tuple[str, ...] = ("tests/test_metrics.py::test_t_critical_matches_tables", "tests/test_cli.py::test_nope")
+NOT_FAST: tuple[str, ...] = ()
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m / -k deselect, so that -m fast sees the marks
