@@ -95,7 +95,7 @@ def interleaved_ms(
 
 
 def seed_pool2d(fm: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
-    """The seeds' reference loop (source B's ``pool2d``, docs/seeds.md; mode='max'), one map."""
+    """The seeds' reference loop (seed 001's ``pool2d``, docs/seeds.md; mode='max'), one map."""
     out_h = (fm.shape[0] - size) // stride + 1
     out_w = (fm.shape[1] - size) // stride + 1
     out = np.zeros((out_h, out_w))
