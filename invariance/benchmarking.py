@@ -46,14 +46,15 @@ __all__ = [
     "ENV_SWITCHES",
     "combine",
     "command_line",
+    "conditions",
     "header",
     "in_fresh_process",
     "in_processes",
     "interleaved",
-    "load_note",
     "medians",
     "ratio",
     "round_orders",
+    "xla_op_times",
 ]
 
 K = TypeVar("K", bound=Hashable)
@@ -243,6 +244,60 @@ def header(command: str, *, conditions: str | None = None) -> list[str]:
     return lines
 
 
-def load_note() -> str:
-    """The 1-minute load average and the core count, in words (a measuring condition)."""
-    return f"1-minute load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+def conditions(load_before: float, note: str = "") -> str:
+    """The measuring conditions in words: the 1-minute load average before the timing
+    (``os.getloadavg()[0]`` taken then) and now, the core count, and ``note``."""
+    text = (
+        f"1-minute load average {load_before:.1f} before the timing and "
+        f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores"
+    )
+    return f"{text}; {note}" if note else text
+
+
+def xla_op_times(run: Callable[[], object], hlo: str, steps: int) -> list[dict]:
+    """XLA op times of ``run()`` (``jax.profiler``), summed over threads, per step: where
+    the time of a compiled program goes.
+
+    Args:
+        run: runs the program ``steps`` times and blocks.
+        hlo: the program's HLO text (``compiled.as_text()``), to name each op's source.
+        steps: how many times ``run`` runs it (the times are divided by it).
+
+    Returns:
+        Rows ``{op, what, ms}`` sorted by time; ``what`` is the HLO instruction's output shape
+        and the JAX operation it came from (its metadata ``op_name``), when it has one.
+    """
+    import collections
+    import glob
+    import re
+    import tempfile
+
+    import jax
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            run()
+        data = ProfileData.from_file(sorted(glob.glob(f"{d}/**/*.xplane.pb", recursive=True))[-1])
+        total: collections.Counter = collections.Counter()
+        for plane in data.planes:
+            for line in plane.lines:
+                if line.name == "python":
+                    continue
+                for ev in line.events:
+                    if not ev.name.startswith(("ThunkExecutor", "$")):
+                        total[ev.name] += ev.duration_ns
+    rows = []
+    for op, ns in total.most_common():
+        m = re.search(rf"^\s*(?:ROOT )?%?{re.escape(op)} = (\S+) ", hlo, re.M)
+        if m is None:
+            continue  # not an HLO instruction of the step (runtime bookkeeping)
+        line = hlo[m.start() : hlo.find("\n", m.start())]
+        src = re.search(r'op_name="([^"]+)"', line)
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        if src is None and called:  # a fusion without metadata: look inside its computation
+            body = re.search(rf"^%?{re.escape(called.group(1))} .*?^}}", hlo, re.M | re.S)
+            src = body and re.search(r'op_name="([^"]+)"', body.group(0))
+        what = m.group(1) + (f" <- {src.group(1)}" if src else "")
+        rows.append({"op": op, "what": what, "ms": ns / steps / 1e6})
+    return rows

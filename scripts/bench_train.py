@@ -158,7 +158,7 @@ def jax_variant(
         box["state"] = jax.block_until_ready(s)
 
     def profile(k: int = 10) -> list[dict]:
-        return profile_jax(lambda: run_step(k), step.as_text(), k)
+        return benchmarking.xla_op_times(lambda: run_step(k), step.as_text(), k)
 
     run_step(2)
     return {"step": run_step, **fns, "_profile": profile}
@@ -207,46 +207,6 @@ def _loss_calls(model, config, state, images, labels) -> dict[str, Callable]:
         return run
 
     return {"fwd": calls(vloss), "fwd+bwd": calls(vgrad)}
-
-
-def profile_jax(run: Callable[[], None], hlo: str, steps: int) -> list[dict]:
-    """XLA:CPU op times of ``run()`` (jax.profiler), summed over threads, per step.
-
-    Returns:
-        Rows ``{op, what, ms}`` sorted by time; ``what`` is the HLO instruction's output shape
-        and the JAX operation it came from (its metadata ``op_name``), when it has one.
-    """
-    import collections
-    import glob
-
-    from jax.profiler import ProfileData
-
-    with tempfile.TemporaryDirectory() as d:
-        with jax.profiler.trace(d):
-            run()
-        data = ProfileData.from_file(sorted(glob.glob(f"{d}/**/*.xplane.pb", recursive=True))[-1])
-        total: collections.Counter = collections.Counter()
-        for plane in data.planes:
-            for line in plane.lines:
-                if line.name == "python":
-                    continue
-                for ev in line.events:
-                    if not ev.name.startswith(("ThunkExecutor", "$")):
-                        total[ev.name] += ev.duration_ns
-    rows = []
-    for op, ns in total.most_common():
-        m = re.search(rf"^\s*(?:ROOT )?%?{re.escape(op)} = (\S+) ", hlo, re.M)
-        if m is None:
-            continue  # not an HLO instruction of the step (runtime bookkeeping)
-        line = hlo[m.start() : hlo.find("\n", m.start())]
-        src = re.search(r'op_name="([^"]+)"', line)
-        called = re.search(r"calls=%?([\w.\-]+)", line)
-        if src is None and called:  # a fusion without metadata: look inside its computation
-            body = re.search(rf"^%?{re.escape(called.group(1))} .*?^}}", hlo, re.M | re.S)
-            src = body and re.search(r'op_name="([^"]+)"', body.group(0))
-        what = m.group(1) + (f" <- {src.group(1)}" if src else "")
-        rows.append({"op": op, "what": what, "ms": ns / steps / 1e6})
-    return rows
 
 
 def categorize(rows: list[dict]) -> dict[str, float]:

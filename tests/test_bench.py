@@ -293,3 +293,23 @@ def test_no_script_imports_a_private_training_name():
     for path in SCRIPTS.glob("*.py"):
         text = path.read_text()
         assert "train._" not in text and "_make_step" not in text, path.name
+
+
+def test_xla_op_times_names_the_ops_of_a_program():
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+    x = jnp.ones((256, 256))
+    compiled = f.lower(x).compile()
+
+    def run():
+        for _ in range(3):
+            out = compiled(x)
+        jax.block_until_ready(out)
+
+    run()
+    rows = benchmarking.xla_op_times(run, compiled.as_text(), 3)
+    assert rows and all(r["ms"] >= 0 for r in rows)
+    assert rows == sorted(rows, key=lambda r: -r["ms"])
+    assert any("f32[256,256]" in r["what"] or "f32[]" in r["what"] for r in rows), rows

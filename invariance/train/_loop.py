@@ -191,7 +191,6 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
 
     mesh = _default_mesh()
-    replicated = NamedSharding(mesh, P())
     global_batch = config.batch_size * mesh.size
     train_x, train_y, test_x, test_y = _load_data(config)
     steps_per_epoch = len(train_x) // global_batch
@@ -210,16 +209,9 @@ def train(
 
     checkpoints = ckpt_lib.Checkpoints(run_dir, keep=config.keep_checkpoints)
     try:
-        start_epoch = checkpoints.latest_epoch() or 0
-        if start_epoch:
-            _check_resume(run_dir, config)
-            abstract = _abstract_state(model, tx, config, input_shape, replicated)
-            state, meta = checkpoints.restore(start_epoch, abstract)
-            history = list(meta["history"])[:start_epoch]
-            log.info("resuming %s from epoch %d", run_dir, start_epoch)
-        else:
-            state = init_train_state(model, tx, config, input_shape, mesh=mesh)
-            history = []
+        start_epoch, state, history = _restore_or_init(
+            checkpoints, run_dir, model, tx, config, input_shape, mesh
+        )
         if is_writer:
             atomic_write_json(run_dir / ckpt_lib.CONFIG_FILE, config.to_dict())
             ckpt_lib.rewrite_metrics(run_dir, history)
@@ -241,6 +233,33 @@ def train(
     return TrainResult(
         variables=state["variables"], history=history, run_dir=run_dir, model=model, config=config
     )
+
+
+def _restore_or_init(
+    checkpoints: ckpt_lib.Checkpoints,
+    run_dir: Path,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    input_shape: tuple[int, ...],
+    mesh: Mesh,
+) -> tuple[int, dict, list[dict]]:
+    """``(start_epoch, state, history)``: the newest checkpoint's (after checking that the
+    run is the same one), or epoch 0 with a fresh state and no history."""
+    start_epoch = checkpoints.latest_epoch() or 0
+    if not start_epoch:
+        return 0, init_train_state(model, tx, config, input_shape, mesh=mesh), []
+    _check_resume(run_dir, config)
+    abstract = _abstract_state(model, tx, config, input_shape, NamedSharding(mesh, P()))
+    state, meta = checkpoints.restore(start_epoch, abstract)
+    log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    return start_epoch, state, list(meta["history"])[:start_epoch]
+
+
+def _epoch_orders(config: ml_collections.ConfigDict, n: int, epoch: int, mesh: Mesh) -> jax.Array:
+    """Every seed's data order of ``epoch``, int32 ``(num_seeds, n)``, replicated."""
+    perms = _permutations(config.seed, config.seed_offset, config.num_seeds, n, np.int32(epoch))
+    return jax.device_put(perms, NamedSharding(mesh, P()))
 
 
 def _run_epochs(
@@ -289,12 +308,7 @@ def _run_epochs(
             run_dir, config, mesh, steps_per_epoch, (len(train_x), len(test_x)), compile_seconds
         )
     for epoch in epochs:
-        perms = jax.device_put(
-            _permutations(
-                config.seed, config.seed_offset, config.num_seeds, len(train_x), np.int32(epoch)
-            ),
-            replicated,
-        )
+        perms = _epoch_orders(config, len(train_x), epoch, mesh)
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{config.num_epochs}",
