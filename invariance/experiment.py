@@ -57,15 +57,9 @@ IMAGE_SHAPES = {
     "synthetic": (28, 28, 1),
 }
 
-# Protocol name -> (function, how it is called).
-PROTOCOL_FNS = (
-    "shift_consistency",
-    "one_pixel_flip_rate",
-    "cifar_p_flip_rate",
-    "severity_curve",
-    "spatial_grid_accuracy",
-    "translation_sensitivity_map",
-)
+#: The protocols a ``train_measure`` config may name: those of :data:`measure.PROTOCOLS` that
+#: measure a logits function (the others take a features function or no model).
+PROTOCOL_FNS = tuple(n for n, spec in measure.PROTOCOL_SPECS.items() if spec.model == "logits")
 
 
 def _write_rows(folder: Path, rows: list[dict[str, Any]]) -> None:
@@ -89,17 +83,8 @@ def _run_protocol(
         images, labels = images[:num_images], labels[:num_images]
     if name not in PROTOCOL_FNS:
         raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
-    fn = getattr(measure, name)
-    if name == "shift_consistency":
-        return fn(apply_fn, params, images, key=key, labels=labels, chunk_size=chunk_size, **spec)
-    if name in ("one_pixel_flip_rate", "cifar_p_flip_rate"):
-        return fn(apply_fn, params, images, labels=labels, chunk_size=chunk_size, **spec)
-    if name == "severity_curve":
-        return fn(apply_fn, params, images, labels, key=key, chunk_size=chunk_size, **spec)
-    if name == "spatial_grid_accuracy":
-        return fn(apply_fn, params, images, labels, chunk_size=chunk_size, **spec)
-    out = fn(apply_fn, params, images, chunk_size=chunk_size, **spec)  # sensitivity map
-    return out["rows"]
+    fn = measure.get_protocol(name)
+    return fn(apply_fn, params, images, labels=labels, key=key, chunk_size=chunk_size, **spec)
 
 
 @contextlib.contextmanager
@@ -178,9 +163,11 @@ def seed_figures(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str,
         transform, severity = t.pop("transform"), t.pop("severity")
         k = jax.random.fold_in(key, i)
         out = measure.pooling_stability(
+            None,
+            None,
             shirts,
-            transform,
-            list(s.pool_kinds),
+            transform=transform,
+            kinds=list(s.pool_kinds),
             key=k,
             severity=severity,
             pool_options=pool_options,
