@@ -21,7 +21,6 @@ optimizer, schedule and every number of the training config) before a sweep load
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import time
@@ -353,16 +352,10 @@ _OPT_INT_FIELDS = (
     "vmap_seeds",
 )
 _FLOAT_FIELDS = ("learning_rate", "weight_decay", "momentum", "warmup_epochs")
-# Keyword parameters of the measure functions that the cell supplies itself.
-_SUPPLIED = ("apply_fn", "fn", "params", "images", "labels", "key", "chunk_size", "progress")
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _check_numbers(t: dict[str, Any]) -> None:
@@ -384,57 +377,11 @@ def _check_numbers(t: dict[str, Any]) -> None:
         raise ConfigError(f"train.model_options.widths must be positive integers, got {widths!r}")
 
 
-def _validate_protocol(name: str, options: dict[str, Any], *, image_shape: tuple) -> None:
-    """One protocol of ``measure.protocols``: its name, its options' names, shift ranges against
-    the image size and the transform it names. Raises a one-line ValueError."""
-    from invariance.measure._core import resolve_transform
-
-    if name not in PROTOCOL_FNS:
-        raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
-    sig = inspect.signature(getattr(measure, name))
-    params = [p for p in sig.parameters.values() if p.name not in _SUPPLIED]
-    named = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
-    extra = any(p.kind is p.VAR_KEYWORD for p in params)
-    unknown = sorted(set(options) - named)
-    if unknown and not extra:
-        raise ValueError(
-            f"unknown option(s) {unknown} for protocol {name!r}: valid are {sorted(named)}"
-        )
-    missing = sorted(
-        p.name
-        for p in params
-        if p.default is p.empty and p.name not in options and p.kind is p.KEYWORD_ONLY
-    )
-    if missing:
-        raise ValueError(f"protocol {name!r} needs option(s) {', '.join(missing)}")
-    side = min(image_shape[:2])
-    for opt in ("max_shift", "max_offset", "shift_min", "shift_max"):
-        if opt not in options:
-            continue
-        v = options[opt]
-        fractional = name == "spatial_grid_accuracy"  # sub-pixel shifts are meant there
-        if not (_is_number(v) if fractional else _is_int(v)):
-            raise ValueError(f"protocol {name!r}: {opt} must be an integer, got {v!r}")
-        if abs(v) >= side or (opt in ("max_shift", "max_offset") and v < 0):
-            raise ValueError(
-                f"protocol {name!r}: {opt}={v} is out of range for {side}x{side} images "
-                f"(valid: 0..{side - 1})"
-            )
-    if name == "severity_curve":
-        rest = {k: v for k, v in options.items() if k not in named}
-        resolve_transform(options["transform"], options.get("fill", 0.0), rest)
-
-
-# The protocol registry's own checker once invariance.measure has one (measure.PROTOCOLS,
-# measure.validate_protocol); until then the interim check above.
-validate_protocol = getattr(measure, "validate_protocol", None) or _validate_protocol
-
-
 def _check_protocol(name: Any, options: dict[str, Any], image_shape: tuple) -> None:
     """A protocol a ``train_measure`` cell can run (:data:`PROTOCOL_FNS`), with valid options."""
     if name not in PROTOCOL_FNS:
         raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
-    validate_protocol(name, options, image_shape=image_shape)
+    measure.validate_protocol(name, options, image_shape=image_shape)
 
 
 def _validate_train_measure(c: dict[str, Any]) -> None:
