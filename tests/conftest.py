@@ -5,6 +5,7 @@ import os
 # Tests run on the CPU whatever the machine has, so results are the same everywhere.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=30)
@@ -17,3 +18,38 @@ def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (the default in pyproject.toml): one pytest-xdist worker per core, at most
     :data:`MAX_WORKERS`. On 2 cores the suite takes 4.6 min instead of 7.4 min in one process."""
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------- jit / vmap checker
+
+
+def _check_jit_vmap(fn, *batch, atol=0.0, rtol=0.0):
+    """dm_pix's pattern: ``fn`` per element of ``batch`` (arrays sharing a leading axis) gives
+    the same under ``jax.jit`` as eagerly, and ``jax.vmap(fn)`` (eager and jitted) equals the
+    stacked loop. Returns the stacked loop (a pytree like ``fn``'s output)."""
+    import jax
+    import numpy as np
+
+    n = len(batch[0])
+    jitted = jax.jit(fn)
+    loop = []
+    for i in range(n):
+        args = [b[i] for b in batch]
+        eager = fn(*args)
+        jax.tree.map(
+            lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol),
+            jitted(*args),
+            eager,
+        )
+        loop.append(eager)
+    want = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *loop)
+    for got in (jax.vmap(fn)(*batch), jax.jit(jax.vmap(fn))(*batch)):
+        jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol), got, want)
+    return want
+
+
+@pytest.fixture
+def check_jit_vmap():
+    """The shared "jit == eager, vmap == loop" checker: ``check_jit_vmap(fn, *batch, atol=,
+    rtol=)``; see :func:`_check_jit_vmap`."""
+    return _check_jit_vmap

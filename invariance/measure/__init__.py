@@ -80,10 +80,10 @@ from invariance.measure.corruptions import (
     occlusion_sensitivity_map,
     severity_curve,
 )
+from invariance.measure.pools import pooling_stability
 from invariance.measure.representations import (
     equivariance_error,
     layer_stability,
-    pooling_stability,
     translation_maps,
     translation_sensitivity_map,
 )
