@@ -278,6 +278,13 @@ def test_every_protocol_is_registered_with_one_signature():
         measure.get_protocol("shift")
 
 
+def test_the_registry_drives_the_protocol_list():
+    lines = measure.describe_protocols().splitlines()
+    assert [line.split("`")[1] for line in lines] == list(measure.PROTOCOLS)
+    (shift,) = [line for line in lines if line.startswith("- `shift_consistency`")]
+    assert "needs key" in shift and "max_shift=3, mode='circular'" in shift and "Zhang" in shift
+
+
 def test_every_protocol_returns_rows():
     # Before: the sensitivity maps returned dicts, so dispatch needed a five-way if-chain.
     rows = measure.translation_sensitivity_map(linear, LIN, IMAGES, max_shift=1)
