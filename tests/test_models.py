@@ -434,3 +434,13 @@ def test_batch_equals_one_example_at_a_time():
     batched = f(x)
     one_by_one = jnp.concatenate([f(x[i : i + 1]) for i in range(3)])
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+def test_models_still_take_their_images_and_any_size_with_a_gap_head():
+    # The wrong-shape checks (tests/test_faults_api.py) refuse only what the parameters cannot
+    # take: a convolutional model with a GAP head runs on any size.
+    model = M.create_model("small_cnn", widths=(4, 8), head="gap")
+    variables = jax.eval_shape(lambda: M.init_model(model, jax.random.key(0), (1, 28, 28, 1)))
+    for shape in [(2, 28, 28, 1), (2, 32, 32, 1)]:
+        out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+        assert out.shape == (2, 10)

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 
 from invariance import pooling
-from invariance.models.cnn import CONV_PADDINGS, _check_pool, _pool_options
+from invariance.models.cnn import CONV_PADDINGS, _check_pool, _pool_options, check_input
 from invariance.models.layers import Pool, check_kind
 
 __all__ = ["NORMS", "BasicBlock", "ResNet", "ResNet18", "ResNetTiny"]
@@ -148,6 +148,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False) -> Any:
+        check_input(self, x, "stem")
         feats: dict[str, jax.Array] = {}
         options = _pool_options(self.pool, self.pool_options, self.conv_padding)
         stem = nn.Conv(
