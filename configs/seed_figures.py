@@ -1,4 +1,4 @@
-"""The seeds' masking experiments (seeds/000) on Fashion-MNIST T-shirts, as figures and numbers.
+"""Masking claims 1-4 of docs/seeds.md on Fashion-MNIST T-shirts, as figures and numbers.
 
 Command:  invariance sweep seed_figures --profile quick && invariance report runs/seed_figures-quick
 Runtime:  quick ~1 min on a 2-core CPU; full ~5 min.
@@ -41,4 +41,5 @@ def get_config(profile="quick"):
             "probe_seeds": {"tiny": 2, "quick": 3, "full": 20}[profile],
         }
     )
+    c.report = {"builder": "seed_figures"}  # figures and a relative-change table
     return c

@@ -56,7 +56,7 @@ DEFAULT_OUT = "results/benchmarks/pooling.md"
 
 
 def seed_pool2d(fm: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
-    """The seeds' reference loop (seed 001's ``pool2d``, mode='max'), one 2-D map."""
+    """The seeds' reference loop (seed 001's ``pool2d``, docs/seeds.md; mode='max'), one map."""
     out_h = (fm.shape[0] - size) // stride + 1
     out_w = (fm.shape[1] - size) // stride + 1
     out = np.zeros((out_h, out_w))

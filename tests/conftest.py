@@ -1,10 +1,12 @@
 """Shared test set-up: deterministic hypothesis, float32 JAX on the CPU."""
 
 import os
+import warnings
 
 # Tests run on the CPU whatever the machine has, so results are the same everywhere.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=30)
@@ -17,3 +19,28 @@ def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (the default in pyproject.toml): one pytest-xdist worker per core, at most
     :data:`MAX_WORKERS`. On 2 cores the suite takes 4.6 min instead of 7.4 min in one process."""
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------- the fast selection
+
+# Tests left out of the inner loop, ``python -m pytest -m fast`` (CONTRIBUTING.md, "Tests"):
+# each took more than about a second in one process (``python -m pytest -n 0 -m "not slow"
+# --durations=0``; the time is the slowest parameter's, on the 2-core CI VM). Listed by file and
+# test function: every parametrisation of a listed test is left out.
+NOT_FAST: tuple[str, ...] = ()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m / -k deselect, so that -m fast sees the marks
+def pytest_collection_modifyitems(config, items):
+    """Marks every collected test ``fast`` except the ``slow`` ones and those in
+    :data:`NOT_FAST`. On a whole-suite run, warns about a ``NOT_FAST`` entry that names no
+    collected test (renamed or removed: update the list)."""
+    seen = set()
+    for item in items:
+        name = item.nodeid.split("[", 1)[0]
+        seen.add(name)
+        if name not in NOT_FAST and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)
+    stale = [n for n in NOT_FAST if n not in seen]
+    if stale and config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        warnings.warn(pytest.PytestWarning(f"NOT_FAST names no test: {stale}"), stacklevel=1)

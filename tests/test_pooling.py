@@ -13,7 +13,7 @@ from invariance import pooling as P
 from invariance.pooling._antialiased import _BINOMIAL
 from invariance.pooling._geometry import _pair, _resolve_pads
 
-# The 4x4 feature map worked by hand in seeds/001 and the 1..16 map of seeds/003.
+# Claim 7 of docs/seeds.md: seed 001's 4x4 feature map worked by hand, seed 003's 1..16 map.
 SEED_001 = np.array([[12, 20, 3, 7], [8, 15, 11, 4], [6, 9, 14, 18], [2, 10, 5, 16]], np.float32)
 SEED_003 = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
 

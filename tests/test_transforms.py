@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from invariance import transforms as T
+from invariance._checks import is_concrete
 
 KEY = jax.random.key(0)
 SHAPE = (3, 6, 6, 2)
@@ -344,6 +345,24 @@ def test_gaussian_noise_jit_and_vmap_over_images_and_sigmas():
     )
 
 
+def test_rotate_translate_reference_cases():
+    x = jnp.asarray(_images()[0])
+    out = T.rotate_translate(x, dy=2.0, dx=-3.0, degrees=0.0)
+    np.testing.assert_array_equal(out, T.translate(x, dy=2, dx=-3, mode="constant"))
+    half = T.rotate_translate(x, dy=0.0, dx=0.5, degrees=0.0)
+    np.testing.assert_allclose(half[:, 1:], (x[:, 1:] + x[:, :-1]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(half[:, 0], x[:, 0] / 2, rtol=1e-6)
+    quarter = T.rotate_translate(x, dy=0.0, dx=0.0, degrees=90.0)
+    np.testing.assert_allclose(quarter, np.rot90(x, axes=(0, 1)), atol=1e-5)
+
+
+def test_rotate_translate_jit_and_vmap_over_images_and_transforms():
+    grid = [(0.0, 0.0, 0.0), (1.5, -1.0, 10.0), (-2.0, 0.5, -30.0), (0.0, 1.0, 90.0)]
+    _check_jit_and_vmaps(
+        lambda x, t: T.rotate_translate(x, dy=t[0], dx=t[1], degrees=t[2]), grid, 1e-5
+    )
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -413,9 +432,9 @@ def test_rank_below_three_raises(call):
 
 
 def test_traced_options_skip_validation():
-    assert T._is_concrete(0.5) and T._is_concrete(jnp.float32(0.5))
+    assert is_concrete(0.5) and is_concrete(jnp.float32(0.5))
     seen = []
-    jax.jit(lambda r: seen.append(T._is_concrete(r)) or r)(1.0)
+    jax.jit(lambda r: seen.append(is_concrete(r)) or r)(1.0)
     assert seen == [False]
     # Under a trace the value is unknown, so no check runs (and nothing is branched on).
     random_mask_j(KEY, IMG, ratio=1.5)

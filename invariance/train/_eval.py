@@ -13,16 +13,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from invariance import transforms
 from invariance.train._seeds import map_seeds, resolve_vmap_seeds
 
 DATA_AXIS = "data"
 
 
-def to_float(images: jax.Array) -> jax.Array:
-    """uint8 images in 0..255 -> float32 in [0, 1]; floating images pass through as float32."""
-    if jnp.issubdtype(images.dtype, jnp.integer):
-        return images.astype(jnp.float32) / 255.0
-    return images.astype(jnp.float32)
+to_float = transforms.to_float  # one image-scale rule for train and measure
 
 
 def _eval_rngs() -> dict[str, jax.Array]:
