@@ -276,8 +276,9 @@ def test_research_scripts_run_on_the_public_api():
         *("--dataset", "synthetic", "--train-examples", "256", "--images", "16", "--epochs", "1"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| shift consistency (+-3 px, circular) |" in proc.stdout
-    assert proc.stdout.count("| random mask") == 3
+    assert "| shift_consistency | translate | 3 |" in proc.stdout
+    assert proc.stdout.count("| severity_curve | random_mask |") == 3
+    assert proc.stdout.count("| one_pixel_flip_rate |") == 1
     proc = run_script(
         "pooling_under_rotation", "--dataset", "synthetic", "--images", "8", "--degrees", "10"
     )
