@@ -10,9 +10,11 @@ shape works, a model from another codebase included. The pooling inside the netw
 choice (``--pool``): flax.linen's max pooling, or ``invariance.pooling.max_blur_pool`` (Zhang
 2019's anti-aliased max pooling), to ask whether blurring buys stability in *your* model.
 
-Rows: test accuracy; shift consistency (Zhang 2019, circular shifts of up to 3 px); the
-one-pixel diagonal flip rate (Azulay & Weiss 2019); accuracy and consistency with the clean
-prediction under random masking at three ratios.
+Rows: the protocols of :data:`MEASUREMENTS`, looked up by name in ``measure.PROTOCOLS``
+(every protocol is ``fn(apply_fn, variables, images, *, labels, key, chunk_size, **options)``):
+shift consistency (Zhang 2019, circular shifts of up to 3 px); the one-pixel diagonal flip rate
+(Azulay & Weiss 2019); accuracy and consistency with the clean prediction under random masking
+at three ratios. Add a row by adding a (name, options) pair.
 """
 
 from __future__ import annotations
@@ -60,32 +62,30 @@ def trained(args) -> tuple[nn.Module, dict]:
     return result.model, seed0
 
 
-def measure_all(apply_fn, variables, images, labels) -> list[tuple[str, float, float | None]]:
-    """``(what, accuracy, stability)`` rows from the protocols (options by keyword)."""
-    key = jax.random.key(0)
+# (protocol name in measure.PROTOCOLS, its options): every protocol has one call signature.
+MEASUREMENTS = [
+    ("shift_consistency", {"max_shift": 3, "mode": "circular"}),
+    ("one_pixel_flip_rate", {"max_offset": 1}),
+    ("severity_curve", {"transform": "random_mask", "severities": [0.1, 0.3, 0.5]}),
+]
+
+
+def measure_all(apply_fn, variables, images, labels) -> list[dict]:
+    """The rows of every protocol in :data:`MEASUREMENTS`, looked up in the registry (the
+    one-pixel protocol's per-position rows dropped: its overall row is kept)."""
     rows = []
-    (sc,) = measure.shift_consistency(
-        apply_fn, variables, images, labels=labels, key=key, max_shift=3, mode="circular"
-    )
-    rows.append(("shift consistency (+-3 px, circular)", sc["accuracy"], sc["consistency"]))
-    *_, flip = measure.one_pixel_flip_rate(  # per position, then the overall row
-        apply_fn, variables, images, labels=labels, max_offset=1
-    )
-    rows.append(
-        ("1 - P(top-1 change), one-pixel diagonal", flip["accuracy"], 1 - flip["p_top1_change"])
-    )
-    curve = measure.severity_curve(
-        apply_fn,
-        variables,
-        images,
-        labels=labels,
-        key=key,
-        transform="random_mask",
-        severities=[0.1, 0.3, 0.5],
-    )
-    for row in curve:
-        rows.append((f"random mask {row['severity']}", row["accuracy"], row["consistency"]))
+    for name, options in MEASUREMENTS:
+        protocol = measure.get_protocol(name)
+        out = protocol(apply_fn, variables, images, labels=labels, key=jax.random.key(0), **options)
+        rows += [r for r in out if r.get("position") is None]
     return rows
+
+
+def stability(row: dict) -> tuple[str, float]:
+    """The row's stability column: consistency, or 1 - P(top-1 change)."""
+    if row.get("consistency") is not None:
+        return "consistency", row["consistency"]
+    return "1 - P(top-1 change)", 1 - row["p_top1_change"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         f"MyNet(pool={args.pool!r}), {args.epochs} epoch(s) on {args.train_examples} "
         f"{args.dataset} images; {len(images)} test images\n"
     )
-    print("| measurement | accuracy | stability |")
-    print("| --- | --- | --- |")
-    for what, acc, stab in measure_all(apply_fn, variables, images, labels):
-        print(f"| {what} | {acc:.4f} | {'n/a' if stab is None else f'{stab:.4f}'} |")
+    print("| protocol | transform | severity | accuracy | stability | value |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in measure_all(apply_fn, variables, images, labels):
+        what, value = stability(row)
+        print(
+            f"| {row['protocol']} | {row['transform']} | {row['severity']} | "
+            f"{row['accuracy']:.4f} | {what} | {value:.4f} |"
+        )
     return 0
 
 

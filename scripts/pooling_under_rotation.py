@@ -40,8 +40,14 @@ def table(images: np.ndarray, degrees: list[float]) -> dict[str, list[float]]:
     """kind (and "identity") -> the relative L2 change at each angle."""
     out: dict[str, list[float]] = {}
     for deg in degrees:
-        rows = measure.pooling_stability(
-            images, transform="rotate", kinds=list(KINDS), key=jax.random.key(0), severity=deg
+        rows = measure.pooling_stability(  # no model: apply_fn and variables are None
+            None,
+            None,
+            images,
+            key=jax.random.key(0),
+            transform="rotate",
+            kinds=list(KINDS),
+            severity=deg,
         )
         for row in rows:
             out.setdefault(row["kind"], []).append(row["relative_l2"])

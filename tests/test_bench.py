@@ -201,14 +201,25 @@ def test_bench_train_kinds_are_the_study_rows_and_ratios_are_to_max():
 
 def test_bench_train_writes_its_section_and_keeps_the_others(tmp_path):
     bt = load_script("bench_train")
+
+    def block(name, text):
+        return re.search(rf"<!-- {name} -->\n.*?<!-- /{name} -->\n", text, re.S)
+
+    def without(name, text):
+        return re.sub(rf"<!-- {name} -->\n.*?<!-- /{name} -->\n", "", text, flags=re.S)
+
     path = tmp_path / "train.md"
-    shutil.copy(REPO / "results/benchmarks/train.md", path)
-    before = path.read_text()
-    speed = re.search(r"<!-- speed -->\n.*?<!-- /speed -->\n", before, re.S).group(0)
-    bt.write_sections(path, {"kinds": "## Kinds\n\nrows\n"})
-    after = path.read_text()
-    assert speed in after and "<!-- kinds -->\n## Kinds\n\nrows\n<!-- /kinds -->\n" in after
-    assert after.startswith(before.rstrip("\n"))
+    committed = (REPO / "results/benchmarks/train.md").read_text()
+    for start in (committed, without("kinds", committed)):  # kinds replaced, or appended
+        path.write_text(start)
+        bt.write_sections(path, {"kinds": "## Kinds\n\nrows\n"})
+        after = path.read_text()
+        assert (
+            block("kinds", after).group(0) == "<!-- kinds -->\n## Kinds\n\nrows\n<!-- /kinds -->\n"
+        )
+        for kept in ("speed", "accuracy"):
+            assert block(kept, committed).group(0) in after
+        assert without("kinds", after).rstrip("\n") == without("kinds", start).rstrip("\n")
     empty = tmp_path / "new.md"
     bt.write_sections(empty, {"speed": "S\n"})
     assert "<!-- speed -->\nS\n<!-- /speed -->" in empty.read_text()
@@ -276,8 +287,9 @@ def test_research_scripts_run_on_the_public_api():
         *("--dataset", "synthetic", "--train-examples", "256", "--images", "16", "--epochs", "1"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| shift consistency (+-3 px, circular) |" in proc.stdout
-    assert proc.stdout.count("| random mask") == 3
+    assert "| shift_consistency | translate | 3 |" in proc.stdout
+    assert proc.stdout.count("| severity_curve | random_mask |") == 3
+    assert proc.stdout.count("| one_pixel_flip_rate |") == 1
     proc = run_script(
         "pooling_under_rotation", "--dataset", "synthetic", "--images", "8", "--degrees", "10"
     )
