@@ -107,10 +107,10 @@ def seed_pool2d(fm: np.ndarray, size: int = 2, stride: int = 2) -> np.ndarray:
 
 def jax_impls(stride: int) -> dict[str, Callable]:
     return {
-        "ours max_pool": lambda x: pooling.max_pool(x, 2, stride),
-        XLA_PATH: lambda x: pooling.max_pool(x, 2, stride),  # traced with the kernel off
+        "ours max_pool": lambda x: pooling.max_pool(x, 2, stride=stride),
+        XLA_PATH: lambda x: pooling.max_pool(x, 2, stride=stride),  # traced with the kernel off
         "flax.linen.max_pool": lambda x: nn.max_pool(x, (2, 2), (stride, stride)),
-        "ours avg_pool": lambda x: pooling.avg_pool(x, 2, stride),
+        "ours avg_pool": lambda x: pooling.avg_pool(x, 2, stride=stride),
         "flax.linen.avg_pool": lambda x: nn.avg_pool(x, (2, 2), (stride, stride)),
     }
 

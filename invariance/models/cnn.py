@@ -52,7 +52,7 @@ def _pool_options(pool: str, options: Any, conv_padding: str) -> Any:
 def _head(x: jax.Array, head: str, hidden: int, num_classes: int) -> tuple[jax.Array, jax.Array]:
     """(N, H, W, C) -> (logits (N, num_classes), the representation fed to the classifier)."""
     if head == "gap":
-        z = pooling.global_pool(x, "avg")
+        z = pooling.global_pool(x, kind="avg")
     else:
         z = nn.relu(nn.Dense(hidden, name="hidden")(x.reshape(x.shape[0], -1)))
     return nn.Dense(num_classes, name="classifier")(z), z
