@@ -125,7 +125,7 @@ def _head(
 ) -> tuple[jax.Array, jax.Array]:
     """(N, H, W, C) -> (logits (N, num_classes), the representation fed to the classifier)."""
     if head == "gap":
-        z = pooling.global_pool(x, "avg")
+        z = pooling.global_pool(x, kind="avg")
     else:
         check_flatten(module, images, x, "hidden")
         z = nn.relu(nn.Dense(hidden, name="hidden")(x.reshape(x.shape[0], -1)))
