@@ -187,7 +187,3 @@ def _lowest(dtype) -> Any:
     if jnp.issubdtype(dtype, jnp.floating):
         return -jnp.inf
     return jnp.iinfo(dtype).min
-
-
-def _is_concrete(v: Any) -> bool:
-    return not isinstance(v, jax.core.Tracer)
