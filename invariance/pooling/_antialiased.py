@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from invariance.pooling._geometry import _check_rank, _is_concrete, _pair
+from invariance._checks import is_concrete as _is_concrete
+from invariance.pooling._geometry import _check_rank, _pair
 from invariance.pooling._windowed import max_pool
 
 PAD_MODES = {"reflect": "reflect", "constant": "constant", "circular": "wrap"}

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invariance._checks import is_concrete as _is_concrete
 from invariance.pooling import _cpu_kernel
 from invariance.pooling._geometry import (
     Pads,
@@ -17,7 +18,6 @@ from invariance.pooling._geometry import (
     _check_no_empty_window,
     _check_rank,
     _geometry,
-    _is_concrete,
     _lowest,
     _pad_hw,
     _slice,
