@@ -330,13 +330,14 @@ def test_failed_attempt_keeps_the_runs_config_json(tmp_path, capsys, monkeypatch
     )
     assert code == 0, err
     before = (tmp_path / "run" / "config.json").read_bytes()
-    code, _, err = _main(
-        ["train", "mini.py", "--profile", "tiny", "--workdir", wd]
-        + ["--set", "train.learning_rate=1e30", "--set", "train.num_epochs=2"],
-        capsys,
-        monkeypatch,
-        tmp_path,
-    )
+    with pytest.warns(UserWarning, match="changed learning_rate"):
+        code, _, err = _main(
+            ["train", "mini.py", "--profile", "tiny", "--workdir", wd]
+            + ["--set", "train.learning_rate=1e30", "--set", "train.num_epochs=2"],
+            capsys,
+            monkeypatch,
+            tmp_path,
+        )
     assert code == 1 and "training diverged" in err and "Traceback" not in err
     assert (tmp_path / "run" / "config.json").read_bytes() == before
 
