@@ -418,6 +418,28 @@ def test_user_errors_are_one_line_exit_2(case, match, tmp_path, capsys, monkeypa
     _one_line_error(code, err, match)
 
 
+def test_unwritable_workdir_is_one_line(tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the permission check see what a user would
+        real = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, m: False if Path(p).resolve() == ro else real(p, m)
+        )
+    monkeypatch.setattr("invariance.data.load", _no_data)
+    try:
+        code, _, err = _main(
+            ["sweep", "pooling_table", "--profile", "tiny", "--workdir", "ro/w"],
+            capsys,
+            monkeypatch,
+            tmp_path,
+        )
+    finally:
+        ro.chmod(0o755)
+    _one_line_error(code, err, "ro is not writable")
+
+
 def test_library_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
     def buggy(args):
         raise ValueError("a bug inside the library")
