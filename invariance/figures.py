@@ -229,6 +229,31 @@ def _severity_titles(rows: Sequence[Row]) -> dict[tuple, str]:
     return titles
 
 
+# What a transform's severity is, for the x axis (invariance.measure.severity_curve).
+_SEVERITY_UNITS = {
+    "random_mask": "fraction of pixels masked",
+    "inverse_mask": "fraction of pixels set to the max",
+    "occlusion": "side of the occluded square (px)",
+    "gaussian_noise": "noise sigma",
+    "translate": "shift (px)",
+    "rotate": "rotation (degrees)",
+}
+
+
+def _severity_unit(r: Row) -> str:
+    if r["transform"] == "line_mask":
+        return f"line {r.get('vary') or 'period'} (px)"
+    return _SEVERITY_UNITS.get(r["transform"], "severity")
+
+
+def _severity_rows(rows: Sequence[Row]) -> list[Row]:
+    return [
+        r
+        for r in rows
+        if r.get("protocol") == "severity_curve" and isinstance(r.get("severity"), int | float)
+    ]
+
+
 def _severity_key(r: Row) -> tuple:
     return (r["transform"], tuple((k, r[k]) for k in _SEVERITY_OPTIONS if r.get(k) is not None))
 
@@ -247,11 +272,7 @@ def severity_curve_bands(rows: Sequence[Row]) -> dict[str, dict[str, dict[str, d
     vals: dict[str, dict[str, dict[str, dict[float, list[float]]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     )
-    sev = [
-        r
-        for r in rows
-        if r.get("protocol") == "severity_curve" and isinstance(r.get("severity"), int | float)
-    ]
+    sev = _severity_rows(rows)
     titles = _severity_titles(sev)
     for r in sev:
         title = titles[_severity_key(r)]
@@ -273,6 +294,9 @@ def _severity_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
     if not curves:
         return []
     labels = row_labels(rows)
+    sev = _severity_rows(rows)
+    titles = _severity_titles(sev)
+    units = {titles[_severity_key(r)]: _severity_unit(r) for r in sev}
     metrics = [m for m in ("accuracy", "consistency") if any(m in c for c in curves.values())]
     ylabel = {"accuracy": "test accuracy %", "consistency": "consistency with clean pred. %"}
     with _pyplot() as plt:
@@ -286,7 +310,7 @@ def _severity_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
                 _severity_panel(plt, ax, by_metric.get(metric, {}), labels)
                 _percent_limits(ax, "y")
                 ax.set_title(title, fontsize=9)
-                ax.set_xlabel("severity")
+                ax.set_xlabel(units.get(title, "severity"), fontsize=9)
                 ax.grid(alpha=0.3)
                 if j == 0:
                     ax.set_ylabel(ylabel[metric])
