@@ -5,7 +5,8 @@ A study's config lists the figures its report draws (``report.figures``); each b
 none of what it plots. Every point is the mean over seeds and every bar or band its 95%
 Student-t confidence interval (:func:`invariance.metrics.mean_ci`); a label with one seed has
 no interval. The same rows always give byte-identical PNGs: the Agg backend, matplotlib's
-default style (whatever the user's matplotlibrc says) and no version or date in the metadata.
+default style (whatever the user's matplotlibrc says) and no version or date in the metadata;
+each PNG's ``Description`` names the config, commit, jax version and device of its rows.
 
 * ``"accuracy_consistency"``: test accuracy against shift consistency, one point per pooling
   kind with CI bars on both axes, one panel per shift protocol (as in Zhang 2019, "Making
@@ -36,6 +37,7 @@ from invariance.metrics import mean_ci
 __all__ = [
     "FIGURES",
     "accuracy_consistency_points",
+    "provenance",
     "row_labels",
     "savefig",
     "sensitivity_profile_bands",
@@ -79,13 +81,34 @@ def _pyplot():
         yield plt
 
 
-def savefig(fig, path: Path) -> Path:
+def provenance(name: str, rows: Sequence[Row]) -> str:
+    """Where the rows come from: ``"config configs/NAME.py; commit ...; jax ...; device ..."``,
+    from the provenance fields every row carries (``"unknown"`` where none has one)."""
+
+    def uniq(key: str) -> str:
+        vals = sorted({str(r.get(key)) for r in rows if r.get(key) is not None})
+        return ", ".join(vals) or "unknown"
+
+    return (
+        f"config configs/{name}.py; commit {uniq('prov_git_commit')}; jax {uniq('prov_jax')}; "
+        f"device {uniq('prov_device')} ({uniq('prov_backend')})"
+    )
+
+
+def savefig(fig, path: Path, stamp: str | None = None) -> Path:
     """Writes ``fig`` as a PNG at ``path`` (atomically) and closes it; the bytes depend only
-    on what was drawn (no software version or date in the metadata)."""
+    on what was drawn and ``stamp`` (no software version or date in the metadata).
+
+    Args:
+        fig: a matplotlib figure.
+        path: the file written.
+        stamp: a text kept in the PNG's ``Description`` (e.g. :func:`provenance`).
+    """
     import matplotlib.pyplot as plt
 
+    meta = {"Software": None} if stamp is None else {"Software": None, "Description": stamp}
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata=meta)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
@@ -158,7 +181,7 @@ def _accuracy_consistency(name: str, rows: list[Row], out: Path) -> list[Path]:
         )
         fig.suptitle("mean ± 95% CI over seeds (Zhang 2019, Fig. 1)", fontsize=9, y=0.995)
         fig.tight_layout()
-        return [savefig(fig, out / f"{name}_accuracy_consistency.png")]
+        return [savefig(fig, out / f"{name}_accuracy_consistency.png", provenance(name, rows))]
 
 
 def sensitivity_profile_bands(rows: Sequence[Row]) -> dict[str, dict[str, dict[int, Stat]]]:
@@ -209,7 +232,7 @@ def _profile_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
             ax.set_title(f"{head}\n{title}" if title else head, fontsize=10)
             ax.legend(fontsize=7, ncol=2, title="band: 95% CI over seeds", title_fontsize=7)
             ax.grid(alpha=0.3)
-        return [savefig(fig, out / f"{name}_sensitivity.png")]
+        return [savefig(fig, out / f"{name}_sensitivity.png", provenance(name, rows))]
 
 
 def _severity_titles(rows: Sequence[Row]) -> dict[tuple, str]:
@@ -320,7 +343,7 @@ def _severity_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
         )
         fig.suptitle("Severity curves: mean ± 95% CI over seeds", fontsize=10)
         fig.tight_layout()
-        return [savefig(fig, out / f"{name}_severity.png")]
+        return [savefig(fig, out / f"{name}_severity.png", provenance(name, rows))]
 
 
 def _severity_panel(plt, ax, by_label: dict[str, dict[float, Stat]], labels: list[str]) -> None:

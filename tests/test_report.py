@@ -172,7 +172,7 @@ def _study_rows(shift=0.0):
     rows = []
     for k, (label, acc) in enumerate([("max", 0.85), ("max_blur (3)", 0.80)]):
         for s in range(3):
-            base = {"label": label, "cell_index": k, "seed_index": s}
+            base = {"label": label, "cell_index": k, "seed_index": s, "prov_git_commit": "abc1234"}
             rows.append({**base, "protocol": "accuracy", "accuracy": acc + 0.01 * s})
             for mode, c in (("circular", 0.6), ("constant", 0.55)):
                 rows.append(
@@ -259,7 +259,11 @@ def test_figures_are_byte_identical_for_the_same_rows(tmp_path, figure, file):
 
     a, b = draw("a", _study_rows()), draw("b", _study_rows())
     assert a[:8] == b"\x89PNG\r\n\x1a\n" and a == b
-    assert b"matplotlib" not in a.lower()  # no software version in the metadata
+    assert b"matplotlib" not in a.lower()  # no software version in the metadata ...
+    assert b"config configs/study.py; commit abc1234; jax unknown" in a  # ... but the rows'
+    from PIL import Image
+
+    assert Image.open(tmp_path / "a" / file).text["Description"].startswith("config configs/")
     # Different numbers give a different picture (the test can fail).
     changed = [
         dict(r, relative_l2=r["relative_l2"] * 2) if "ring" in r else r for r in _study_rows(0.2)
