@@ -21,7 +21,6 @@ optimizer, schedule and every number of the training config) before a sweep load
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import time
@@ -90,7 +89,8 @@ def _run_protocol(
 @contextlib.contextmanager
 def keep_config_on_failure(run_dir: str | Path) -> Iterator[None]:
     """Restores ``run_dir/config.json`` as it was if the block raises (e.g. a diverged attempt
-    with changed hyperparameters): a failed attempt never rewrites the run's record."""
+    with changed hyperparameters): a failed attempt never rewrites the record of a run that was
+    already there. A first attempt keeps the file it wrote (it describes its checkpoints)."""
     path = Path(run_dir) / "config.json"
     before = path.read_bytes() if path.is_file() else None
     try:
@@ -98,8 +98,6 @@ def keep_config_on_failure(run_dir: str | Path) -> Iterator[None]:
     except BaseException:
         if before is not None:
             atomic_write_bytes(path, before)
-        elif path.is_file():
-            path.unlink()
         raise
 
 
@@ -354,16 +352,10 @@ _OPT_INT_FIELDS = (
     "vmap_seeds",
 )
 _FLOAT_FIELDS = ("learning_rate", "weight_decay", "momentum", "warmup_epochs")
-# Keyword parameters of the measure functions that the cell supplies itself.
-_SUPPLIED = ("apply_fn", "fn", "params", "images", "labels", "key", "chunk_size", "progress")
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _check_numbers(t: dict[str, Any]) -> None:
@@ -385,50 +377,11 @@ def _check_numbers(t: dict[str, Any]) -> None:
         raise ConfigError(f"train.model_options.widths must be positive integers, got {widths!r}")
 
 
-def _validate_protocol(name: str, options: dict[str, Any], *, image_shape: tuple) -> None:
-    """One protocol of ``measure.protocols``: its name, its options' names, shift ranges against
-    the image size and the transform it names. Raises a one-line ValueError."""
-    from invariance.measure._core import resolve_transform
-
+def _check_protocol(name: Any, options: dict[str, Any], image_shape: tuple) -> None:
+    """A protocol a ``train_measure`` cell can run (:data:`PROTOCOL_FNS`), with valid options."""
     if name not in PROTOCOL_FNS:
         raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
-    sig = inspect.signature(getattr(measure, name))
-    params = [p for p in sig.parameters.values() if p.name not in _SUPPLIED]
-    named = {p.name for p in params if p.kind is not p.VAR_KEYWORD}
-    extra = any(p.kind is p.VAR_KEYWORD for p in params)
-    unknown = sorted(set(options) - named)
-    if unknown and not extra:
-        raise ValueError(
-            f"protocol {name!r} has no option(s) {', '.join(unknown)}: valid are "
-            f"{', '.join(sorted(named))}"
-        )
-    missing = sorted(
-        p.name
-        for p in params
-        if p.default is p.empty and p.name not in options and p.kind is p.KEYWORD_ONLY
-    )
-    if missing:
-        raise ValueError(f"protocol {name!r} needs option(s) {', '.join(missing)}")
-    side = min(image_shape[:2])
-    for opt in ("max_shift", "max_offset", "shift_min", "shift_max"):
-        if opt not in options:
-            continue
-        v = options[opt]
-        fractional = name == "spatial_grid_accuracy"  # sub-pixel shifts are meant there
-        if not (_is_number(v) if fractional else _is_int(v)):
-            raise ValueError(f"protocol {name!r}: {opt} must be an integer, got {v!r}")
-        if abs(v) >= side or (opt in ("max_shift", "max_offset") and v < 0):
-            raise ValueError(
-                f"protocol {name!r}: {opt}={v} is out of range for {side}x{side} images "
-                f"(valid: 0..{side - 1})"
-            )
-    if name == "severity_curve":
-        rest = {k: v for k, v in options.items() if k not in named}
-        resolve_transform(options["transform"], options.get("fill", 0.0), rest)
-
-
-# Switch to measure.validate_protocol once the protocol registry lands (one line).
-validate_protocol = _validate_protocol
+    measure.validate_protocol(name, options, image_shape=image_shape)
 
 
 def _validate_train_measure(c: dict[str, Any]) -> None:
@@ -439,9 +392,10 @@ def _validate_train_measure(c: dict[str, Any]) -> None:
         raise ConfigError("a train_measure config needs a train section")
     _check_numbers(t)
     validate_train(ml_collections.ConfigDict(t))
-    shape = IMAGE_SHAPES[t["dataset"]]
     model = models.create_model(t["model"], **t.get("model_options", {}))
-    jax.eval_shape(lambda: models.init_model(model, jax.random.key(0), (1, *shape)))
+    shape = IMAGE_SHAPES.get(t["dataset"])  # None: not listed, the model is checked on load
+    if shape is not None:
+        jax.eval_shape(lambda: models.init_model(model, jax.random.key(0), (1, *shape)))
     m = c.get("measure", {})
     n = m.get("eval_examples")
     if n is not None and (not _is_int(n) or n < 1):
@@ -452,7 +406,10 @@ def _validate_train_measure(c: dict[str, Any]) -> None:
         num_images = spec.pop("num_images", None)
         if num_images is not None and (not _is_int(num_images) or num_images < 1):
             raise ConfigError(f"protocol {name!r}: num_images must be an integer >= 1 or None")
-        validate_protocol(name, spec, image_shape=shape)
+        if shape is not None:
+            _check_protocol(name, spec, shape)
+        elif name not in PROTOCOL_FNS:
+            raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
 
 
 def _validate_seed_figures(c: dict[str, Any]) -> None:

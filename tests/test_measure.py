@@ -79,8 +79,8 @@ def gap_net(params, x):
 
 
 def aps_net(params, x):
-    h = pooling.aps_pool(jax.nn.relu(_conv(x, params["c1"])), 2)
-    h = pooling.aps_pool(jax.nn.relu(_conv(h, params["c2"])), 2)
+    h = pooling.aps_pool(jax.nn.relu(_conv(x, params["c1"])), stride=2)
+    h = pooling.aps_pool(jax.nn.relu(_conv(h, params["c2"])), stride=2)
     return jnp.mean(h, axis=(1, 2)) @ params["d"]
 
 

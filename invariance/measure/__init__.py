@@ -71,6 +71,7 @@ from invariance.measure._registry import (
     PROTOCOL_SPECS,
     PROTOCOLS,
     ProtocolSpec,
+    describe_protocols,
     get_protocol,
     register,
     validate_protocol,
@@ -80,10 +81,10 @@ from invariance.measure.corruptions import (
     occlusion_sensitivity_map,
     severity_curve,
 )
+from invariance.measure.pools import pooling_stability
 from invariance.measure.representations import (
     equivariance_error,
     layer_stability,
-    pooling_stability,
     translation_maps,
     translation_sensitivity_map,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "ProtocolSpec",
     "TRANSFORMS",
     "cifar_p_flip_rate",
+    "describe_protocols",
     "equivariance_error",
     "get_protocol",
     "layer_stability",

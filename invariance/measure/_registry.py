@@ -21,6 +21,7 @@ __all__ = [
     "PROTOCOLS",
     "PROTOCOL_SPECS",
     "ProtocolSpec",
+    "describe_protocols",
     "get_protocol",
     "register",
     "validate_protocol",
@@ -171,3 +172,23 @@ def validate_protocol(
         spec.check(shape, **resolved)
     except ValueError as e:
         raise ValueError(f"protocol {name!r}: {e}") from None
+
+
+def describe_protocols() -> str:
+    """The registry as a Markdown list (the README's list of protocols is generated from it).
+
+    One line per protocol, in registration order: its name, what ``apply_fn`` is, what it
+    needs, its options with their defaults (required ones bare) and its docstring's first
+    sentence.
+    """
+    lines = []
+    for name, spec in PROTOCOL_SPECS.items():
+        opts = [
+            k if p.default is p.empty else f"{k}={p.default!r}" for k, p in spec.options.items()
+        ]
+        if spec.open_options:
+            opts.append("**transform_options")
+        needs = f"; needs {' and '.join(spec.needs)}" if spec.needs else ""
+        doc = " ".join((inspect.getdoc(spec.fn) or "").split("\n\n")[0].split())
+        lines.append(f"- `{name}` ({spec.model}{needs}): `{', '.join(opts)}`. {doc}")
+    return "\n".join(lines) + "\n"
