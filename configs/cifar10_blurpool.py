@@ -9,6 +9,7 @@ Runtime:  full ~20 GPU minutes per cell; quick is a smoke run (1 epoch, 5k image
 """
 
 from invariance.experiment import train_measure_config
+from invariance.report import consistency_column, standard_columns
 
 KINDS = {
     "baseline (strided conv)": {"pool": "strided_conv"},
@@ -36,6 +37,15 @@ def get_config(profile="quick"):
         {"fn": "shift_consistency", "max_shift": shift, "mode": "constant", "pairs": "two_shifted"},
         {"fn": "shift_consistency", "max_shift": shift, "mode": "circular", "pairs": "two_shifted"},
     ]
+    c.report = {
+        "builder": "table",
+        "columns": [
+            standard_columns("accuracy"),
+            consistency_column("constant", "consistency const. %"),
+            consistency_column("circular", "consistency circ. %"),
+        ],
+        "figures": ["sensitivity_profile"],
+    }
     return c
 
 

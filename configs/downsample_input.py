@@ -8,6 +8,15 @@ Numbers:  results/quick/downsample_input.md.
 """
 
 from invariance.experiment import train_measure_config
+from invariance.report import consistency_column, standard_columns
+
+COLUMNS = [
+    standard_columns("accuracy"),
+    consistency_column("circular", "consistency circ. ±3 %"),
+    consistency_column("constant", "consistency const. ±3 %"),
+    standard_columns("params"),
+    standard_columns("train_seconds"),
+]
 
 
 def get_config(profile="quick"):
@@ -16,6 +25,7 @@ def get_config(profile="quick"):
         {"fn": "shift_consistency", "max_shift": 3, "mode": "circular", "pairs": "two_shifted"},
         {"fn": "shift_consistency", "max_shift": 3, "mode": "constant", "pairs": "two_shifted"},
     ]
+    c.report = {"builder": "table", "columns": COLUMNS, "figures": ["sensitivity_profile"]}
     return c
 
 

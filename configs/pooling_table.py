@@ -14,6 +14,7 @@ centred 8x8 occlusion; parameters; training time; mean +- 95% CI over seeds.
 """
 
 from invariance.experiment import train_measure_config
+from invariance.report import column, consistency_column, severity_column, standard_columns
 
 # Row label -> SmallCNN options.
 KINDS = {
@@ -31,6 +32,26 @@ KINDS = {
     "none + gap": {"pool": "none", "head": "gap"},
 }
 TINY_KINDS = ("max", "max_blur (3)", "aps")
+
+# The table's columns, in order (invariance.report builds them from the rows).
+COLUMNS = [
+    standard_columns("accuracy"),
+    consistency_column("circular", "consistency circ. ±3 %"),
+    consistency_column("constant", "consistency const. ±3 %"),
+    column(
+        "1-px P(top-1 change) %",
+        "p_top1_change",
+        100,
+        protocol="one_pixel_flip_rate",
+        position=None,
+    ),
+    severity_column("random_mask", "acc. random mask 0.3 %"),
+    severity_column("line_mask", "acc. grid lines %"),
+    severity_column("inverse_mask", "acc. inverse mask 0.1 %"),
+    severity_column("occlusion", "acc. 8x8 occlusion %"),
+    standard_columns("params"),
+    standard_columns("train_seconds"),
+]
 
 
 def get_config(profile="quick"):
@@ -54,6 +75,7 @@ def get_config(profile="quick"):
             "num_images": None if profile == "full" else 250,
         },
     ]
+    c.report = {"builder": "table", "columns": COLUMNS, "figures": ["sensitivity_profile"]}
     return c
 
 

@@ -41,4 +41,5 @@ def get_config(profile="quick"):
             "probe_seeds": {"tiny": 2, "quick": 3, "full": 20}[profile],
         }
     )
+    c.report = {"builder": "seed_figures"}  # figures and a relative-change table
     return c

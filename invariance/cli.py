@@ -1,12 +1,14 @@
 """The ``invariance`` command: train, measure, sweep, report, reproduce.
 
     invariance train CONFIG [--profile quick] [--set key=value ...] [--workdir DIR]
-    invariance measure RUN_DIR [--set key=value ...]
-    invariance sweep CONFIG [--backend local|submitit] [--workdir DIR] [--processes N]
+    invariance measure CELL_DIR [--set measure.key=value ...]
+    invariance sweep CONFIG [--backend local|submitit] [--workdir DIR] [--processes N] [--dry-run]
     invariance report DIR [--out DIR]
-    invariance reproduce [--profile quick|full] [--out results]
+    invariance reproduce [--profile quick|full] [--out results] [--dry-run]
 
-User errors print one line (what is wrong, what is valid) and exit with status 2.
+User errors print one line (what is wrong, what is valid) and exit with status 2; a sweep whose
+cells failed (diverged) ends with a summary line and status 1. What a sweep guarantees
+(identity, resume, locks, failures, dry runs): docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -24,6 +26,39 @@ REPRODUCE_CONFIGS = ("seed_figures", "pooling_table", "downsample_input")
 
 class UserError(Exception):
     """An error the user can fix; printed as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that are the user's to fix (one line, exit 2). Anything else is a
+    bug of the library and keeps its traceback."""
+    from invariance.config import ConfigError
+    from invariance.data import DataNotFoundError
+    from invariance.sweep import CellError, LockError, StudyMismatchError
+
+    return (UserError, ConfigError, DataNotFoundError, CellError, LockError, StudyMismatchError)
+
+
+def _writable_dir(path: str | Path, flag: str) -> Path:
+    """Checks that ``path`` is, or can be made, a writable folder; returns it.
+
+    Raises:
+        UserError: it is a file, lies under a file, or its nearest existing folder is not
+            writable.
+    """
+    import os
+
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == path else f"lies under the file {probe}"
+        raise UserError(f"{flag} {path} {where}: pass a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {probe} is not writable")
+    return path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--slurm", default="{}", help='submitit parameters as JSON, e.g. {"timeout_min": 60}'
     )
+    s.add_argument(
+        "--dry-run", action="store_true", help="list the cells, their hashes and state; run none"
+    )
     r = sub.add_parser("report", help="tables and figures from a sweep's rows")
     r.add_argument("dir")
     r.add_argument("--out", default=None, help="default DIR/report")
@@ -68,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--workdir", default=None, help="default runs/reproduce-<profile>")
     rp.add_argument("--out", default=None, help="default results/<profile>")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    rp.add_argument(
+        "--dry-run", action="store_true", help="list every config's cells and state; run none"
+    )
     rp.add_argument(
         "--update-readme",
         default=None,
@@ -82,11 +123,18 @@ def _cmd_train(args) -> int:
 
     from invariance import config as C
     from invariance import train as train_lib
+    from invariance.experiment import keep_config_on_failure, validate_cell
+    from invariance.sweep import lock
 
-    base, _ = C.resolve(args.config, profile=args.profile, overrides=C.parse_set(args.set))
+    overrides = C.parse_set(args.set)
+    base, _ = C.resolve(args.config, profile=args.profile, overrides=overrides, sweep=False)
+    validate_cell(base)
     tcfg = ml_collections.ConfigDict(base.train.to_dict())
-    tcfg.workdir = args.workdir or str(Path("runs") / base.name / f"train-{C.config_hash(tcfg)}")
-    result = train_lib.train(tcfg)
+    default = Path("runs") / base.name / f"train-{C.config_hash(tcfg)}"
+    tcfg.workdir = str(_writable_dir(args.workdir or default, "--workdir"))
+    _check_resumable(Path(tcfg.workdir), tcfg)
+    with lock(tcfg.workdir), keep_config_on_failure(tcfg.workdir):
+        result = train_lib.train(tcfg)
     last = result.history[-1] if result.history else {}
     print(
         json.dumps({"run_dir": str(result.run_dir), **{k: last.get(k) for k in last}}, default=str)
@@ -94,52 +142,135 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _check_resumable(run_dir: Path, tcfg) -> None:
+    """A workdir holding another run (a different identity field) is refused up front."""
+    from invariance.sweep import read_json
+    from invariance.train._config import IDENTITY_FIELDS
+
+    if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoints").is_dir():
+        return
+    old = read_json(run_dir / "config.json")
+    new = json.loads(tcfg.to_json())
+    bad = [k for k in IDENTITY_FIELDS if isinstance(old, dict) and old.get(k) != new.get(k)]
+    if bad:
+        raise UserError(
+            f"{run_dir} holds a run with a different {', '.join(bad)}: use another --workdir"
+        )
+
+
 def _cmd_measure(args) -> int:
+    import shutil
+
+    import ml_collections
+
     from invariance import config as C
-    from invariance.experiment import run_cell
-    from invariance.io import atomic_write_json
+    from invariance.experiment import run_cell, validate_cell
+    from invariance.sweep import CellError, cell_dir, lock, read_json, run_sweep
 
     folder = Path(args.run_dir)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise UserError(f"{folder} holds no config.json: pass a cell folder made by sweep")
-    import ml_collections
-
-    cfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-    C.apply_overrides(cfg, C.parse_set(args.set))
-    d = C.to_dict(cfg)
-    run_cell(d, str(folder))  # training resumes from its last checkpoint: nothing retrains
-    atomic_write_json(folder / "config.json", d)
-    print(f"rows written to {folder / 'rows.jsonl'}")
+    old = read_json(cfg_path)
+    if not isinstance(old, dict):
+        raise CellError(f"{cfg_path} does not hold a config (a JSON object)")
+    overrides = C.parse_set(args.set)
+    trained = sorted(k for k in overrides if not k.startswith("measure."))
+    if trained:
+        raise UserError(
+            f"measure changes only measure.* keys, got {', '.join(trained)}: a change to what is "
+            "trained is a new sweep (invariance sweep ... --set)"
+        )
+    cfg = ml_collections.ConfigDict(old)
+    C.apply_overrides(cfg, overrides)
+    new = C.to_dict(cfg)
+    validate_cell(new)
+    if folder.parent.name != "cells":
+        raise UserError(f"{folder} is not a cell folder (WORKDIR/cells/NAME-HASH) made by sweep")
+    target = cell_dir(folder.parent.parent, new)
+    if target.resolve() != folder.resolve() and (folder / "train").is_dir():
+        with lock(folder):  # the new cell reuses the trained models: hard links, no retraining
+            if not (target / "train").exists():
+                shutil.copytree(folder / "train", target / "train", copy_function=_link_or_copy)
+    result = run_sweep([new], folder.parent.parent, cell_fn=run_cell, progress=False, claim=False)
+    if result.failed:
+        print(result.summary())
+        return 1
+    print(f"rows written to {target / 'rows.jsonl'} (cell {target.name}, from {folder.name})")
     return 0
 
 
-def _sweep(name: str, profile: str, overrides: list[str], workdir: str | None, **kw) -> Path:
+def _link_or_copy(src: str, dst: str) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _default_workdir(stem: str, profile: str, overrides: list[str]) -> Path:
+    """``runs/<stem>-<profile>``, with a hash of the ``--set`` overrides when there are any:
+    runs with different overrides never share a folder."""
     from invariance import config as C
-    from invariance.experiment import run_cell
-    from invariance.sweep import run_sweep
+
+    parsed = C.parse_set(overrides)
+    tag = f"-set-{C.overrides_hash(parsed)}" if parsed else ""
+    return Path("runs") / f"{stem}-{profile}{tag}"
+
+
+def _resolve_cells(name: str, profile: str, overrides: list[str]) -> list:
+    from invariance import config as C
+    from invariance.experiment import validate_cells
 
     _, cells = C.resolve(name, profile=profile, overrides=C.parse_set(overrides))
-    wd = Path(workdir or Path("runs") / f"{cells[0].name}-{profile}")
-    run_sweep(cells, wd, cell_fn=run_cell, **kw)
-    return wd
+    validate_cells(cells)
+    return cells
+
+
+def _dry_run(cells: list, workdir: Path) -> None:
+    """Prints one line per cell: state, folder (name-hash), label."""
+    from invariance.sweep import cell_dir, cell_state
+
+    folders = list(dict.fromkeys(cell_dir(workdir, c) for c in cells))
+    states = [cell_state(f) for f in folders]
+    done = sum(s == "finished" for s, _ in states)
+    print(f"{workdir}: {len(folders)} cells, {done} finished, {len(folders) - done} to run")
+    for f, (state, detail) in zip(folders, states, strict=True):
+        print(f"  {state:8s} {f.name}" + (f"  ({detail})" if detail else ""))
 
 
 def _cmd_sweep(args) -> int:
+    from invariance.experiment import run_cell
+    from invariance.sweep import run_sweep
+
     try:
         slurm = json.loads(args.slurm)
     except json.JSONDecodeError as e:
         raise UserError(f"--slurm must be a JSON object: {e}") from None
-    wd = _sweep(
-        args.config,
-        args.profile,
-        args.set,
-        args.workdir,
+    if not isinstance(slurm, dict):
+        raise UserError(f"--slurm must be a JSON object, got {type(slurm).__name__}: {args.slurm}")
+    if args.processes < 1:
+        raise UserError(f"--processes must be >= 1, got {args.processes}")
+    cells = _resolve_cells(args.config, args.profile, args.set)
+    wd = args.workdir or _default_workdir(cells[0].name, args.profile, args.set)
+    wd = _writable_dir(wd, "--workdir")
+    if args.dry_run:
+        _dry_run(cells, wd)
+        return 0
+    result = run_sweep(
+        cells,
+        wd,
+        cell_fn=run_cell,
         backend=args.backend,
         processes=args.processes,
         cluster=args.cluster,
         slurm=slurm,
     )
+    print(result.summary())
+    if result.failed:
+        return 1
     print(f"sweep finished in {wd}; tables: invariance report {wd}")
     return 0
 
@@ -149,23 +280,39 @@ def _cmd_report(args) -> int:
 
     if not Path(args.dir).is_dir():
         raise UserError(f"no such folder: {args.dir}")
-    for p in report(args.dir, args.out):
+    out = _writable_dir(args.out, "--out") if args.out else None
+    for p in report(args.dir, out):
         print(p)
     return 0
 
 
 def _cmd_reproduce(args) -> int:
+    from invariance.experiment import run_cell
     from invariance.report import report
+    from invariance.sweep import run_sweep
 
-    root = Path(args.workdir or Path("runs") / f"reproduce-{args.profile}")
-    for name in REPRODUCE_CONFIGS:
+    root = _writable_dir(
+        args.workdir or _default_workdir("reproduce", args.profile, args.set), "--workdir"
+    )
+    out = _writable_dir(args.out or Path("results") / args.profile, "--out")
+    studies = {n: _resolve_cells(n, args.profile, args.set) for n in REPRODUCE_CONFIGS}
+    if args.dry_run:
+        for name, cells in studies.items():
+            _dry_run(cells, root / name)
+        return 0
+    failed = []
+    for name, cells in studies.items():
         print(f"== {name} ({args.profile})", flush=True)
-        _sweep(name, args.profile, args.set, str(root / name))
-    out = Path(args.out or Path("results") / args.profile)
+        result = run_sweep(cells, root / name, cell_fn=run_cell)
+        print(result.summary(), flush=True)
+        failed += result.failed
     for p in report(root, out):
         print(p)
     if args.update_readme:
         update_readme(Path(args.update_readme), out)
+    if failed:
+        print(f"reproduce: {len(failed)} cells failed; the tables mark them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -206,7 +353,7 @@ def _enable_compilation_cache() -> None:
     programs instead of compiling them again (numbers are unchanged; only time is saved)."""
     import jax
 
-    from invariance.data._cache import cache_dir
+    from invariance._paths import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -217,15 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``invariance`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     _enable_compilation_cache()
-    from invariance.config import ConfigError
-    from invariance.data import DataNotFoundError
+    from invariance.train import TrainingDivergedError
 
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ConfigError, DataNotFoundError, ValueError, FileNotFoundError) as e:
+    except _user_errors() as e:
         msg = " ".join(str(e).split())  # one line
         print(f"invariance: error: {msg}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as e:  # the config's outcome, not a bug: one line, status 1
+        print(f"invariance: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("invariance: interrupted; finished cells are kept, rerun to resume", file=sys.stderr)
         return 130

@@ -12,13 +12,19 @@
   T-shirts; also saves example images (``examples.npz``) for the report's figures.
 
 Rows go to ``folder/rows.jsonl`` (written atomically, once the cell is complete).
+
+:func:`validate_cells` checks every resolved cell (model and its pooling options, traced on the
+dataset's image shape without computing anything; protocol names and options; dataset,
+optimizer, schedule and every number of the training config) before a sweep loads any data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +35,30 @@ import numpy as np
 
 from invariance import data, measure, models, pooling, transforms
 from invariance import train as train_lib
+from invariance.config import ConfigError
 from invariance.io import atomic_write_bytes, atomic_write_text, provenance
 
-__all__ = ["EXPERIMENTS", "PROTOCOL_FNS", "run_cell"]
+__all__ = [
+    "EXPERIMENTS",
+    "IMAGE_SHAPES",
+    "PROTOCOL_FNS",
+    "keep_config_on_failure",
+    "run_cell",
+    "validate_cell",
+    "validate_cells",
+]
 
-# Protocol name -> (function, how it is called).
-PROTOCOL_FNS = (
-    "shift_consistency",
-    "one_pixel_flip_rate",
-    "cifar_p_flip_rate",
-    "severity_curve",
-    "spatial_grid_accuracy",
-    "translation_sensitivity_map",
-)
+#: Each dataset's image shape (H, W, C), known without loading it (for validation).
+IMAGE_SHAPES = {
+    "fashion_mnist": (28, 28, 1),
+    "mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "synthetic": (28, 28, 1),
+}
+
+#: The protocols a ``train_measure`` config may name: those of :data:`measure.PROTOCOLS` that
+#: measure a logits function (the others take a features function or no model).
+PROTOCOL_FNS = tuple(n for n, spec in measure.PROTOCOL_SPECS.items() if spec.model == "logits")
 
 
 def _write_rows(folder: Path, rows: list[dict[str, Any]]) -> None:
@@ -65,17 +82,23 @@ def _run_protocol(
         images, labels = images[:num_images], labels[:num_images]
     if name not in PROTOCOL_FNS:
         raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
-    fn = getattr(measure, name)
-    if name == "shift_consistency":
-        return fn(apply_fn, params, images, key=key, labels=labels, chunk_size=chunk_size, **spec)
-    if name in ("one_pixel_flip_rate", "cifar_p_flip_rate"):
-        return fn(apply_fn, params, images, labels=labels, chunk_size=chunk_size, **spec)
-    if name == "severity_curve":
-        return fn(apply_fn, params, images, labels, key=key, chunk_size=chunk_size, **spec)
-    if name == "spatial_grid_accuracy":
-        return fn(apply_fn, params, images, labels, chunk_size=chunk_size, **spec)
-    out = fn(apply_fn, params, images, chunk_size=chunk_size, **spec)  # sensitivity map
-    return out["rows"]
+    fn = measure.get_protocol(name)
+    return fn(apply_fn, params, images, labels=labels, key=key, chunk_size=chunk_size, **spec)
+
+
+@contextlib.contextmanager
+def keep_config_on_failure(run_dir: str | Path) -> Iterator[None]:
+    """Restores ``run_dir/config.json`` as it was if the block raises (e.g. a diverged attempt
+    with changed hyperparameters): a failed attempt never rewrites the record of a run that was
+    already there. A first attempt keeps the file it wrote (it describes its checkpoints)."""
+    path = Path(run_dir) / "config.json"
+    before = path.read_bytes() if path.is_file() else None
+    try:
+        yield
+    except BaseException:
+        if before is not None:
+            atomic_write_bytes(path, before)
+        raise
 
 
 def train_measure(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str, Any]]:
@@ -84,7 +107,8 @@ def train_measure(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str
     tcfg.workdir = str(folder / "train")
     tcfg.progress = bool(cfg.get("progress", True))
     t0 = time.perf_counter()
-    result = train_lib.train(tcfg)
+    with keep_config_on_failure(tcfg.workdir):
+        result = train_lib.train(tcfg)
     wall = time.perf_counter() - t0
     train_seconds = float(sum(h.get("seconds", 0.0) for h in result.history)) or wall
     mcfg = cfg.measure
@@ -138,9 +162,11 @@ def seed_figures(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str,
         transform, severity = t.pop("transform"), t.pop("severity")
         k = jax.random.fold_in(key, i)
         out = measure.pooling_stability(
+            None,
+            None,
             shirts,
-            transform,
-            list(s.pool_kinds),
+            transform=transform,
+            kinds=list(s.pool_kinds),
             key=k,
             severity=severity,
             pool_options=pool_options,
@@ -275,7 +301,9 @@ def train_measure_config(name: str, profile: str) -> ml_collections.ConfigDict:
         ``train`` (:func:`invariance.train.default_config` resized) and ``measure``
         (``eval_examples``, ``chunk_size``, ``seed``, ``protocols``: a list of dicts, each with
         ``fn``, a protocol name of :data:`PROTOCOL_FNS`, optionally ``num_images`` (use only
-        the first N evaluation images), and the protocol's keyword options).
+        the first N evaluation images), and the protocol's keyword options) and ``report``
+        (:data:`invariance.report.DEFAULT_REPORT`: a study replaces it with its own columns
+        and figures).
     """
     if profile not in PROFILE_SIZES:
         raise ValueError(f"unknown profile {profile!r}: valid are {', '.join(PROFILE_SIZES)}")
@@ -297,4 +325,142 @@ def train_measure_config(name: str, profile: str) -> ml_collections.ConfigDict:
     c.measure = ml_collections.ConfigDict(
         {"eval_examples": size["eval_examples"], "chunk_size": None, "seed": 0, "protocols": []}
     )
+    from invariance.report import DEFAULT_REPORT
+
+    c.report = ml_collections.ConfigDict(json.loads(json.dumps(DEFAULT_REPORT)))
     return c
+
+
+# ------------------------------------------------------------------------------------------
+# Validation: every cell, before anything is loaded or trained.
+
+_INT_FIELDS = (
+    "num_epochs",
+    "batch_size",
+    "num_seeds",
+    "seed",
+    "seed_offset",
+    "checkpoint_every_epochs",
+    "keep_checkpoints",
+    "log_every_steps",
+)
+_OPT_INT_FIELDS = (
+    "eval_batch_size",
+    "train_examples",
+    "eval_examples",
+    "stop_after_epochs",
+    "vmap_seeds",
+)
+_FLOAT_FIELDS = ("learning_rate", "weight_decay", "momentum", "warmup_epochs")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_numbers(t: dict[str, Any]) -> None:
+    """Integers where integers belong (never booleans), finite non-negative rates."""
+    for name in _INT_FIELDS + _OPT_INT_FIELDS:
+        v = t.get(name)
+        if name in _OPT_INT_FIELDS and v is None:
+            continue
+        if not _is_int(v):
+            raise ConfigError(f"train.{name} must be an integer, got {v!r}")
+    for name in _FLOAT_FIELDS:
+        v = t.get(name)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"train.{name} must be a finite number >= 0, got {v!r}")
+    widths = t.get("model_options", {}).get("widths")
+    if widths is not None and (
+        not isinstance(widths, list | tuple) or not all(_is_int(w) and w > 0 for w in widths)
+    ):
+        raise ConfigError(f"train.model_options.widths must be positive integers, got {widths!r}")
+
+
+def _check_protocol(name: Any, options: dict[str, Any], image_shape: tuple) -> None:
+    """A protocol a ``train_measure`` cell can run (:data:`PROTOCOL_FNS`), with valid options."""
+    if name not in PROTOCOL_FNS:
+        raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
+    measure.validate_protocol(name, options, image_shape=image_shape)
+
+
+def _validate_train_measure(c: dict[str, Any]) -> None:
+    from invariance.train._config import validate as validate_train
+
+    t = c.get("train")
+    if not isinstance(t, dict):
+        raise ConfigError("a train_measure config needs a train section")
+    _check_numbers(t)
+    validate_train(ml_collections.ConfigDict(t))
+    model = models.create_model(t["model"], **t.get("model_options", {}))
+    shape = IMAGE_SHAPES.get(t["dataset"])  # None: not listed, the model is checked on load
+    if shape is not None:
+        jax.eval_shape(lambda: models.init_model(model, jax.random.key(0), (1, *shape)))
+    m = c.get("measure", {})
+    n = m.get("eval_examples")
+    if n is not None and (not _is_int(n) or n < 1):
+        raise ConfigError(f"measure.eval_examples must be an integer >= 1 or None, got {n!r}")
+    for spec in m.get("protocols", []):
+        spec = dict(spec)
+        name = spec.pop("fn", None)
+        num_images = spec.pop("num_images", None)
+        if num_images is not None and (not _is_int(num_images) or num_images < 1):
+            raise ConfigError(f"protocol {name!r}: num_images must be an integer >= 1 or None")
+        if shape is not None:
+            _check_protocol(name, spec, shape)
+        elif name not in PROTOCOL_FNS:
+            raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
+
+
+def _validate_seed_figures(c: dict[str, Any]) -> None:
+    from invariance.measure._core import resolve_transform
+
+    if c.get("dataset") not in IMAGE_SHAPES:
+        raise ConfigError(
+            f"unknown dataset {c.get('dataset')!r}: valid are {', '.join(IMAGE_SHAPES)}"
+        )
+    s = c.get("seed_figures", {})
+    for kind in s.get("pool_kinds", []):
+        if kind not in pooling.POOLS:
+            raise ConfigError(
+                f"unknown pooling kind {kind!r}: valid are {', '.join(pooling.POOLS)}"
+            )
+    for kind in s.get("probe_pools", []):
+        if kind not in ("", "none"):
+            models.create_model("probe", pool=kind)
+    for t in s.get("transforms", []):
+        t = dict(t)
+        name, _ = t.pop("transform", None), t.pop("severity", None)
+        resolve_transform(name, t.pop("fill", 0.0), t)
+
+
+def validate_cell(config: dict[str, Any] | ml_collections.ConfigDict) -> None:
+    """Checks one resolved cell without loading data or training (see module doc), and the
+    study's ``report`` section (:func:`invariance.report.validate_report`).
+
+    Raises:
+        ConfigError: one line naming the cell, the field and the valid choices.
+    """
+    from invariance.report import validate_report
+
+    c = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    kind = c.get("experiment")
+    where = f"cell {c.get('cell_name', c.get('name'))!r}"
+    try:
+        validate_report(c.get("report"))
+        if kind == "train_measure":
+            _validate_train_measure(c)
+        elif kind == "seed_figures":
+            _validate_seed_figures(c)
+        else:
+            raise ConfigError(f"unknown experiment {kind!r}: valid are {', '.join(EXPERIMENTS)}")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except (ValueError, TypeError) as e:  # raised by the validators above: the config's fault
+        raise ConfigError(f"{where}: {' '.join(str(e).split())}") from None
+
+
+def validate_cells(cells: Sequence[dict[str, Any] | ml_collections.ConfigDict]) -> None:
+    """:func:`validate_cell` for every cell; stops at the first invalid one."""
+    for c in cells:
+        validate_cell(c)

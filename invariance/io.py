@@ -11,12 +11,20 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "provenance"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "provenance",
+    "write_marked_blocks",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -104,3 +112,56 @@ def provenance() -> dict[str, str]:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+_MARKED_BLOCK = r"<!-- (\S+) -->\n?(.*?)\n?<!-- /\1 -->"
+
+
+def write_marked_blocks(
+    path: str | os.PathLike,
+    blocks: Mapping[str, str] | Callable[[str], str | None],
+    *,
+    initial: str = "",
+) -> Path:
+    """Rewrites the marked blocks of a Markdown file, atomically, keeping everything else.
+
+    A block is ``<!-- NAME -->`` ... ``<!-- /NAME -->`` (NAME without spaces, e.g. ``speed``
+    or ``results:pooling_table``); it is written back as ``<!-- NAME -->``, a newline, the
+    new body stripped of surrounding blank lines, a newline, ``<!-- /NAME -->``. Text outside
+    the blocks, and blocks not asked for, are kept byte for byte.
+
+    Args:
+        path: the Markdown file; if it does not exist, ``initial`` is its text.
+        blocks: either a mapping NAME -> body (a NAME with no block in the file is appended
+            at the end as a new block, in the mapping's order), or a function called with the
+            NAME of every block in the file, returning its new body or None to keep it (it
+            may raise, e.g. when a body's source is missing: then nothing is written).
+        initial: the text to start from when ``path`` does not exist.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else initial
+    if callable(blocks):
+        body_of = blocks
+        missing: list[str] = []
+    else:
+        found = set(re.findall(_MARKED_BLOCK, text, flags=re.S))
+        names = {name for name, _ in found}
+        missing = [name for name in blocks if name not in names]
+        body_of = blocks.get
+
+    def replace(m: re.Match) -> str:
+        body = body_of(m.group(1))
+        if body is None:
+            return m.group(0)
+        body = body.strip("\n")
+        return f"<!-- {m.group(1)} -->\n{body}\n<!-- /{m.group(1)} -->"
+
+    new = re.sub(_MARKED_BLOCK, replace, text, flags=re.S)
+    for name in missing:
+        body = blocks[name].strip("\n")  # type: ignore[index]
+        new = new.rstrip("\n") + "\n\n" if new.strip() else ""
+        new += f"<!-- {name} -->\n{body}\n<!-- /{name} -->\n"
+    return atomic_write_text(path, new)

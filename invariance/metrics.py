@@ -4,7 +4,11 @@ Every metric except :func:`mean_ci` is pure ``jnp``: it jits, vmaps over any lea
 differentiates without NaNs at the edge cases documented below. Shape checks use static shapes
 and raise a one-line ``ValueError``. Logits always carry the class axis last.
 
-Definitions follow PROTOCOLS.md "Stability metrics":
+NaN propagates: a NaN anywhere in an example's logits or representation makes that example's
+value NaN (and so any mean over it), never an agreement. ``argmax`` alone would call every
+all-NaN row class 0, so two NaN views would "agree" and a NaN vector would be "at distance 0".
+
+Definitions follow docs/protocols.md:
 
 * consistency / top-1 change: Zhang 2019, "Making Convolutional Networks Shift-Invariant Again";
   Azulay & Weiss 2019, "Why do deep convolutional networks generalize so poorly to small image
@@ -68,10 +72,21 @@ def _rows(x: jax.Array) -> jax.Array:
 
 
 def _safe_norm(x: jax.Array) -> jax.Array:
-    """l2 norm over the last axis whose gradient at 0 is 0 instead of NaN."""
+    """l2 norm over the last axis whose gradient at 0 is 0 instead of NaN (NaN stays NaN)."""
     sq = jnp.sum(jnp.square(x), axis=-1)
     pos = sq > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0 * sq)
+
+
+def _nan_row(logits: jax.Array) -> jax.Array:
+    """``(...)`` bool: True where the class axis (last) holds a NaN."""
+    return jnp.any(jnp.isnan(logits), axis=-1)
+
+
+def _match(a: jax.Array, b: jax.Array, nan: jax.Array, *, differ: bool = False) -> jax.Array:
+    """``a == b`` (``a != b`` with ``differ``) as float32, NaN where ``nan``."""
+    hit = (a != b) if differ else (a == b)
+    return jnp.where(nan, jnp.nan, hit.astype(jnp.float32))
 
 
 # ----------------------------------------------------------------------------- classification
@@ -85,7 +100,8 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       labels: ``(..., N)`` integer labels, ``logits.shape[:-1]``.
 
     Returns:
-      Scalar float: mean of ``argmax(logits, -1) == labels`` over every example.
+      Scalar float: mean of ``argmax(logits, -1) == labels`` over every example; NaN if any
+      example's logits hold a NaN.
     """
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     _need_ndim("logits", logits, 1, "(..., N, K)")
@@ -95,7 +111,7 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+    return jnp.mean(_match(jnp.argmax(logits, axis=-1), labels, _nan_row(logits)))
 
 
 def consistency(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
@@ -109,10 +125,11 @@ def consistency(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
       logits_b: same shape, logits of the second view.
 
     Returns:
-      Scalar float in [0, 1], averaged over every leading position.
+      Scalar float in [0, 1], averaged over every leading position; NaN if a NaN logit occurs.
     """
     a, b = _pair("logits_a", logits_a, "logits_b", logits_b, 1, "(..., K)")
-    return jnp.mean(jnp.argmax(a, axis=-1) == jnp.argmax(b, axis=-1))
+    nan = _nan_row(a) | _nan_row(b)
+    return jnp.mean(_match(jnp.argmax(a, axis=-1), jnp.argmax(b, axis=-1), nan))
 
 
 def top1_change(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
@@ -123,7 +140,7 @@ def top1_change(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:
       logits_b: same shape, logits at position c + 1.
 
     Returns:
-      Scalar float in [0, 1].
+      Scalar float in [0, 1]; NaN if a NaN logit occurs.
     """
     return 1.0 - consistency(logits_a, logits_b)
 
@@ -160,7 +177,7 @@ def flip_rate(logits_seq: jax.Array, *, axis: int = -2) -> jax.Array:
       axis: the frame axis (static int, not the class axis); default ``-2``.
 
     Returns:
-      Scalar float in [0, 1].
+      Scalar float in [0, 1]; NaN if a NaN logit occurs.
 
     Raises:
       ValueError: fewer than 2 frames, or ``axis`` out of range / pointing at the class axis.
@@ -177,7 +194,8 @@ def flip_rate(logits_seq: jax.Array, *, axis: int = -2) -> jax.Array:
     if x.shape[ax] < 2:
         raise ValueError(f"flip_rate needs at least 2 frames along axis {axis}, got {x.shape[ax]}")
     pred = jnp.moveaxis(jnp.argmax(x, axis=-1), ax, 0)
-    return jnp.mean(pred[1:] != pred[:-1])
+    nan = jnp.moveaxis(_nan_row(x), ax, 0)
+    return jnp.mean(_match(pred[1:], pred[:-1], nan[1:] | nan[:-1], differ=True))
 
 
 # ----------------------------------------------------------------------------- distances
@@ -187,8 +205,9 @@ def relative_l2(a: jax.Array, b: jax.Array) -> jax.Array:
     """Normalised Euclidean distance ``||a - b|| / ||a||`` per example (Kauderer-Abrams 2017).
 
     Every axis but the leading one is flattened. Conventions: ``a == 0`` and ``b == 0`` gives 0;
-    ``a == 0``, ``b != 0`` gives ``inf``. Safe divisions (``jnp.where``, no epsilon) keep the
-    gradient finite everywhere, including at ``a == b`` and at zero vectors (there it is 0).
+    ``a == 0``, ``b != 0`` gives ``inf``; a NaN in either gives NaN. Safe divisions
+    (``jnp.where``, no epsilon) keep the gradient finite everywhere, including at ``a == b``
+    and at zero vectors (there it is 0).
 
     Args:
       a: ``(N, ...)`` reference representation (e.g. of the unshifted input).
@@ -201,15 +220,16 @@ def relative_l2(a: jax.Array, b: jax.Array) -> jax.Array:
     a, b = _rows(a), _rows(b)
     num, den = _safe_norm(a - b), _safe_norm(a)
     ratio = num / jnp.where(den > 0, den, 1.0)
-    return jnp.where(den > 0, ratio, jnp.where(num > 0, jnp.inf, 0.0))
+    out = jnp.where(den > 0, ratio, jnp.where(num > 0, jnp.inf, 0.0))
+    return jnp.where(jnp.isnan(num) | jnp.isnan(den), jnp.nan, out)
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     """Cosine similarity per example (Myburgh et al. 2021 suggest it next to relative l2).
 
     Every axis but the leading one is flattened. Conventions: two zero vectors give 1.0 (they
-    are identical); exactly one zero vector gives 0.0. The result is clipped to [-1, 1] against
-    rounding, and gradients stay finite at zero vectors.
+    are identical); exactly one zero vector gives 0.0; a NaN in either gives NaN. The result is
+    clipped to [-1, 1] against rounding, and gradients stay finite at zero vectors.
 
     Args:
       a: ``(N, ...)`` first representation.
@@ -224,7 +244,8 @@ def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     both = (na > 0) & (nb > 0)
     cos = jnp.sum(a * b, axis=-1) / jnp.where(both, na * nb, 1.0)
     edge = jnp.where((na > 0) | (nb > 0), 0.0, 1.0)
-    return jnp.where(both, jnp.clip(cos, -1.0, 1.0), edge)
+    out = jnp.where(both, jnp.clip(cos, -1.0, 1.0), edge)
+    return jnp.where(jnp.isnan(na) | jnp.isnan(nb), jnp.nan, out)
 
 
 def kl_divergence(logits_a: jax.Array, logits_b: jax.Array) -> jax.Array:

@@ -4,6 +4,13 @@
 writes, per experiment found there, ``<experiment>.md`` / ``.csv`` / ``.tex`` and figures. The
 same rows always give byte-identical tables: nothing in them depends on when the report ran;
 each is stamped with the config, git commit, jax version and device recorded in the rows.
+
+What a table may aggregate (see docs/sweeps.md): every cell's rows are verified against its
+``done.json`` (a damaged cell is refused, naming the file); the cells of one table must share
+their study part (:func:`invariance.config.study_part`: everything but the cell's own sweep
+keys and its seeds), else the report refuses to put them together; cells that differ only in
+``measure.*`` (a re-measured cell) are separate rows whose label names the difference, with a
+note under the table; one seed is never counted twice; failed cells are marked.
 """
 
 from __future__ import annotations
@@ -19,69 +26,173 @@ from typing import Any
 
 import numpy as np
 
+from invariance.config import study_part
 from invariance.io import atomic_write_bytes, atomic_write_text
 from invariance.metrics import mean_ci
+from invariance.sweep import CellError, cell_state, read_json, read_rows
 
-__all__ = ["COLUMNS", "load_rows", "report", "summarise"]
+__all__ = [
+    "BUILDERS",
+    "DEFAULT_REPORT",
+    "FIGURES",
+    "column",
+    "consistency_column",
+    "load_rows",
+    "report",
+    "severity_column",
+    "standard_columns",
+    "summarise",
+    "validate_report",
+]
 
 Row = dict[str, Any]
-# (header, filter on row fields, value field, scale): one table column.
-Column = tuple[str, dict[str, Any], str, float]
-
-ACC: Column = ("test acc. %", {"protocol": "accuracy"}, "accuracy", 100)
-PARAMS: Column = ("params", {"protocol": "accuracy"}, "num_params", 1)
-TRAIN_S: Column = ("train s", {"protocol": "accuracy"}, "train_seconds", 1)
+# One table column: {"header", "field", "scale", "where" (row fields to match), "digits"
+# (decimals), "count" (a count: thousands separator, no CI)}; see column().
+Column = dict[str, Any]
 
 
-def _consistency(mode: str, header: str) -> Column:
-    return (header, {"protocol": "shift_consistency", "mode": mode}, "consistency", 100)
+def column(
+    header: str, field: str, scale: float = 1, *, digits: int = 1, count: bool = False, **where
+) -> Column:
+    """One table column: the mean and 95% CI over seeds of ``row[field] * scale`` over the rows
+    whose fields equal ``where`` (``None`` matches a field present and null).
+
+    Args:
+        header: the column's header (Markdown, CSV and LaTeX).
+        field: the row field averaged.
+        scale: multiplies the value (100 for percentages).
+        digits: decimals shown.
+        count: a count (e.g. parameters): thousands separators, no CI.
+        **where: the row filter, e.g. ``protocol="shift_consistency", mode="circular"``.
+
+    Returns:
+        A plain dict, as a study's config declares it under ``report.columns``.
+    """
+    return {
+        "header": header,
+        "field": field,
+        "scale": scale,
+        "where": dict(where),
+        "digits": digits,
+        "count": count,
+    }
 
 
-def _severity(transform: str, header: str) -> Column:
-    return (header, {"protocol": "severity_curve", "transform": transform}, "accuracy", 100)
+def consistency_column(mode: str, header: str) -> Column:
+    """Shift consistency (Zhang 2019) under ``mode`` shifts, in %."""
+    return column(header, "consistency", 100, protocol="shift_consistency", mode=mode)
 
 
-CONS_CIRC = _consistency("circular", "consistency circ. ±3 %")
-CONS_CONST = _consistency("constant", "consistency const. ±3 %")
+def severity_column(transform: str, header: str) -> Column:
+    """Accuracy under a ``severity_curve`` transform, in %."""
+    return column(header, "accuracy", 100, protocol="severity_curve", transform=transform)
 
-COLUMNS: dict[str, list[Column]] = {
-    "pooling_table": [
-        ACC,
-        CONS_CIRC,
-        CONS_CONST,
-        (
-            "1-px P(top-1 change) %",
-            {"protocol": "one_pixel_flip_rate", "position": None},
-            "p_top1_change",
-            100,
-        ),
-        _severity("random_mask", "acc. random mask 0.3 %"),
-        _severity("line_mask", "acc. grid lines %"),
-        _severity("inverse_mask", "acc. inverse mask 0.1 %"),
-        _severity("occlusion", "acc. 8x8 occlusion %"),
-        PARAMS,
-        TRAIN_S,
-    ],
-    "downsample_input": [ACC, CONS_CIRC, CONS_CONST, PARAMS, TRAIN_S],
-    "cifar10_blurpool": [
-        ACC,
-        _consistency("constant", "consistency const. %"),
-        _consistency("circular", "consistency circ. %"),
-    ],
-    "sensitivity_maps": [ACC],
-}
+
+def standard_columns(name: str) -> Column:
+    """The columns every ``train_measure`` study can show: ``"accuracy"``, ``"params"``,
+    ``"train_seconds"``."""
+    return {
+        "accuracy": column("test acc. %", "accuracy", 100, protocol="accuracy"),
+        "params": column("params", "num_params", protocol="accuracy", digits=0, count=True),
+        "train_seconds": column("train s", "train_seconds", protocol="accuracy", digits=0),
+    }[name]
+
+
+def _cells(run_dir: Path) -> tuple[list[tuple[Path, dict, list[Row]]], list[dict]]:
+    """Finished cells as (folder, config, verified rows), and failed cells' records."""
+    finished, failed = [], []
+    folders = {p.parent for p in run_dir.glob("**/done.json")}
+    folders |= {p.parent for p in run_dir.glob("**/failed.json")}
+    for cell in sorted(folders):
+        state, _ = cell_state(cell)
+        if state == "failed":
+            rec = read_json(cell / "failed.json")
+            failed.append({**rec, "folder": str(cell.relative_to(run_dir))})
+            continue
+        rows = read_rows(cell)  # CellError naming the file for a damaged cell
+        cfg = read_json(cell / "config.json")
+        if not isinstance(cfg, dict):
+            raise CellError(f"{cell / 'config.json'} does not hold a config (a JSON object)")
+        finished.append((cell, cfg, rows))
+    return finished, failed
 
 
 def load_rows(run_dir: str | Path) -> list[Row]:
-    """Every row of every finished cell under ``run_dir`` (cells in name order)."""
-    run_dir = Path(run_dir)
-    cells = sorted(p.parent for p in run_dir.glob("**/done.json"))
+    """Every row of every finished cell under ``run_dir`` (cells in name order), verified.
+
+    Raises:
+        CellError: a damaged cell (rows that do not match its ``done.json``) or a file that is
+            not valid JSON; the message names the file.
+    """
+    finished, _ = _cells(Path(run_dir))
+    return [r for _, _, rows in finished for r in rows]
+
+
+def _short(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, int | float | str | bool) or v is None else "changed"
+
+
+def _label_variants(
+    name: str, cells: list[tuple[Path, dict, list[Row]]], run_dir: Path
+) -> tuple[list[Row], list[str]]:
+    """The table's rows, labelled so that cells differing in ``measure.*`` stay apart, and the
+    note lines saying how they differ.
+
+    Raises:
+        CellError: the cells differ in anything but their own sweep keys, seeds and
+            ``measure.*``: they are different experiments.
+    """
+    parts = [(folder, study_part(cfg)) for folder, cfg, _ in cells]
+    keys = sorted({k for _, p in parts for k in p})
+    differ = [k for k in keys if len({json.dumps(p.get(k)) for _, p in parts}) > 1]
+    trained = [k for k in differ if not k.startswith("measure.")]
+    if trained:
+        k = trained[0]
+        seen: dict[str, Path] = {}
+        for folder, p in parts:
+            seen.setdefault(json.dumps(p.get(k)), folder)
+        where = ", ".join(f"{v} in {f.relative_to(run_dir)}" for v, f in list(seen.items())[:2])
+        raise CellError(
+            f"{name}: the cells under {run_dir} come from different configs ({k}: {where}); a "
+            "table never averages different experiments: report each sweep folder on its own"
+        )
+    ref: dict[str, str | None] = {}  # the value most cells have (None on a tie: name them all)
+    values: dict[str, list[str]] = {}
+    for k in differ:
+        counts: dict[str, int] = defaultdict(int)
+        for _, p in parts:
+            counts[json.dumps(p.get(k))] += 1
+        top = sorted(counts, key=lambda v: (-counts[v], v))
+        ref[k] = top[0] if counts[top[0]] > counts[top[1]] else None
+        values[k] = sorted(counts)
     rows: list[Row] = []
-    for cell in cells:
-        path = cell / "rows.jsonl"
-        if path.is_file():
-            rows.extend(json.loads(line) for line in path.read_text().splitlines() if line)
-    return rows
+    owner: dict[tuple, Path] = {}  # (label, root seed, seed index) -> the cell that has it
+    for (folder, p), (_, cfg, mine) in zip(parts, cells, strict=True):
+        diff = [k for k in differ if json.dumps(p.get(k)) != ref[k]]
+        suffix = ", ".join(f"{k}={_short(p.get(k))}" for k in diff)
+        mine = [dict(r, label=f"{r['label']} [{suffix}]") if suffix else r for r in mine]
+        root = (cfg.get("train") or {}).get("seed")
+        for r in mine:
+            if r.get("seed_index") is None or r.get("protocol") != "accuracy":
+                continue
+            k = (r["label"], root, r["seed_index"])
+            if owner.setdefault(k, folder) != folder:
+                raise CellError(
+                    f"{name}: seed {r['seed_index']} of {r['label']!r} is in two cells "
+                    f"({owner[k].relative_to(run_dir)}, {folder.relative_to(run_dir)}); a seed "
+                    "is never averaged twice: remove one of them"
+                )
+        rows += mine
+    notes = []
+    for k in differ:
+        vals = ", ".join(_short(json.loads(v)) for v in values[k])
+        where = f"where it is not {_short(json.loads(ref[k]))}" if ref[k] is not None else ""
+        notes.append(
+            f"Protocols differ between rows: {k} takes {vals}; a row's label names its value "
+            f"{where}".rstrip()
+            + "."
+        )
+    return rows, notes
 
 
 def _matches(row: Row, flt: dict[str, Any]) -> bool:
@@ -107,7 +218,8 @@ def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, 
         mine = [r for r in rows if r.get("label") == label]
         entry: dict[str, Any] = {"label": label}
         seeds = set()
-        for header, flt, field, scale in columns:
+        for col in columns:
+            header, flt, field, scale = col["header"], col["where"], col["field"], col["scale"]
             vals = [r[field] * scale for r in mine if _matches(r, flt) and r.get(field) is not None]
             seeds.update(r.get("seed_index") for r in mine if _matches(r, flt))
             if not vals:
@@ -122,13 +234,13 @@ def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, 
     return out
 
 
-def _fmt(v: tuple[float, float] | None, header: str) -> str:
+def _fmt(v: tuple[float, float] | None, col: Column) -> str:
     if v is None:
         return "–"
     m, h = v
-    if header in ("params",):
+    if col.get("count"):
         return f"{m:,.0f}"
-    digits = 0 if header == "train s" else 1
+    digits = int(col.get("digits", 1))
     if math.isnan(h):
         return f"{m:.{digits}f}"
     return f"{m:.{digits}f} ± {h:.{digits}f}"
@@ -146,15 +258,44 @@ def _stamp(rows: Sequence[Row], run_dir: str | Path, name: str) -> str:
     )
 
 
-def _tables(name: str, rows: list[Row], columns: list[Column], run_dir, out: Path) -> list[Path]:
-    summary = summarise(rows, columns)
-    headers = [c[0] for c in columns]
+def _failed_notes(failed: Sequence[dict]) -> list[str]:
+    return [
+        f"Failed cell {f.get('label')!r} ({f['folder']}/failed.json): loss {f.get('loss')} at "
+        f"step {f.get('step')} (epoch {f.get('epoch')}), seed {f.get('seed')}; not in the means."
+        for f in failed
+    ]
+
+
+def _tables(
+    name: str,
+    rows: list[Row],
+    spec: dict[str, Any],
+    run_dir,
+    out: Path,
+    notes: Sequence[str] = (),
+    failed: Sequence[dict] = (),
+) -> list[Path]:
+    """The ``"table"`` builder: one row per label, one column per ``spec["columns"]`` entry
+    (mean ± 95% CI over seeds), as Markdown, CSV and LaTeX; then ``spec["figures"]``."""
+    columns = list(spec["columns"])
+    summary = summarise(rows, columns) if rows else []
+    headers = [c["header"] for c in columns]
+    by_header = {c["header"]: c for c in columns}
+    labels = {e["label"] for e in summary}
+    for f in sorted(failed, key=lambda f: (f.get("cell_index") or 0, str(f.get("label")))):
+        if f.get("label") not in labels:  # a row that says it failed, instead of no row
+            summary.append({"label": f"{f.get('label')} (failed)", "n_seeds": 0})
+            summary[-1].update({h: None for h in headers})
     seeds = max((e["n_seeds"] for e in summary), default=1)
     md = [f"# {name}", "", f"Mean ± 95% CI over {seeds} seeds (Student t).", ""]
     md.append("| pooling | " + " | ".join(headers) + " |")
     md.append("| --- | " + " | ".join("---" for _ in headers) + " |")
     for e in summary:
-        md.append(f"| {e['label']} | " + " | ".join(_fmt(e[h], h) for h in headers) + " |")
+        cells = [_fmt(e[h], by_header[h]) for h in headers]
+        md.append(f"| {e['label']} | " + " | ".join(cells) + " |")
+    extra = [*notes, *_failed_notes(failed)]
+    if extra:
+        md += ["", *extra]
     md += ["", _stamp(rows, run_dir, name), ""]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -169,14 +310,17 @@ def _tables(name: str, rows: list[Row], columns: list[Column], run_dir, out: Pat
     tex.append("pooling & " + " & ".join(h.replace("%", "\\%") for h in headers) + " \\\\")
     tex.append("\\midrule")
     for e in summary:
-        vals = [_fmt(e[h], h).replace("±", "$\\pm$") for h in headers]
+        vals = [_fmt(e[h], by_header[h]).replace("±", "$\\pm$") for h in headers]
         tex.append(e["label"].replace("_", "\\_") + " & " + " & ".join(vals) + " \\\\")
     tex += ["\\bottomrule", "\\end{tabular}", ""]
-    return [
+    written = [
         atomic_write_text(out / f"{name}.md", "\n".join(md)),
         atomic_write_text(out / f"{name}.csv", buf.getvalue()),
         atomic_write_text(out / f"{name}.tex", "\n".join(tex)),
     ]
+    for fig in spec.get("figures", ()):
+        written += FIGURES[fig](name, rows, out)
+    return written
 
 
 def _savefig(fig, path: Path) -> Path:
@@ -221,7 +365,9 @@ def _profile_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
     return [_savefig(fig, out / f"{name}_sensitivity.png")]
 
 
-def _seed_figures(name: str, rows: list[Row], run_dir: Path, out: Path) -> list[Path]:
+def _seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_) -> list[Path]:
+    """The ``"seed_figures"`` builder: masking curves, a relative-change table and example
+    images (``examples.npz`` of the cells) for the seeds' experiments."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,7 +450,40 @@ def _sev(r: Row) -> Any:
     return float(f"{sev:.6g}") if isinstance(sev, float) else sev
 
 
-BUILDERS: dict[str, Callable[..., list[Path]]] = {}
+#: Report builders by name: ``builder(name, rows, spec, run_dir, out, notes, failed)``.
+BUILDERS: dict[str, Callable[..., list[Path]]] = {"table": _tables, "seed_figures": _seed_figures}
+#: Figures a ``"table"`` report may add, by name: ``figure(name, rows, out) -> paths``.
+FIGURES: dict[str, Callable[[str, list[Row], Path], list[Path]]] = {
+    "sensitivity_profile": _profile_figure,
+}
+#: The report of a config that declares none: test accuracy per label.
+DEFAULT_REPORT: dict[str, Any] = {
+    "builder": "table",
+    "columns": [standard_columns("accuracy")],
+    "figures": ["sensitivity_profile"],
+}
+_COLUMN_KEYS = ("header", "field", "scale", "where", "digits", "count")
+
+
+def validate_report(spec: dict[str, Any] | None) -> None:
+    """Checks a study's ``report`` section (builder, figures, columns); one-line ValueError."""
+    spec = DEFAULT_REPORT if spec is None else spec
+    builder = spec.get("builder")
+    if builder not in BUILDERS:
+        raise ValueError(f"unknown report builder {builder!r}: valid are {', '.join(BUILDERS)}")
+    for fig in spec.get("figures", ()):
+        if fig not in FIGURES:
+            raise ValueError(f"unknown report figure {fig!r}: valid are {', '.join(FIGURES)}")
+    if builder == "table":
+        for col in spec.get("columns") or ():
+            missing = [k for k in _COLUMN_KEYS if k not in col]
+            if missing:
+                raise ValueError(
+                    f"report column {col.get('header')!r} lacks {', '.join(missing)} "
+                    "(build columns with invariance.report.column)"
+                )
+        if not spec.get("columns"):
+            raise ValueError("a table report needs report.columns")
 
 
 def report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -318,22 +497,31 @@ def report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]
         The paths written.
 
     Raises:
-        FileNotFoundError: no finished cell under ``run_dir``.
+        CellError: no finished or failed cell under ``run_dir``; a damaged cell or a file that
+            is not valid JSON (naming it); cells of different configs in one table, or a seed
+            in two cells (see the module doc).
     """
     run_dir = Path(run_dir)
-    rows = load_rows(run_dir)
-    if not rows:
-        raise FileNotFoundError(f"no finished cells (done.json + rows.jsonl) under {run_dir}")
+    finished, failed = _cells(run_dir)
+    if not finished and not failed:
+        raise CellError(f"no finished cells (done.json + rows.jsonl) under {run_dir}")
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    by_exp: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        by_exp[r.get("cell_config") or r.get("experiment", "rows")].append(r)
+    by_exp: dict[str, list] = defaultdict(list)
+    for cell in finished:
+        by_exp[str(cell[1].get("name") or cell[1].get("experiment", "rows"))].append(cell)
+    failed_by: dict[str, list[dict]] = defaultdict(list)
+    for f in failed:
+        failed_by[str(f.get("cell_config"))].append(f)
     written: list[Path] = []
-    for name, mine in sorted(by_exp.items()):
-        if name == "seed_figures" or mine[0].get("experiment") == "seed_figures":
-            written += _seed_figures(name, mine, run_dir, out)
-            continue
-        cols = COLUMNS.get(name, COLUMNS["sensitivity_maps"])
-        written += _tables(name, mine, cols, run_dir, out)
-        written += _profile_figure(name, mine, out)
+    for name in sorted(set(by_exp) | set(failed_by)):
+        cells = by_exp.get(name, [])
+        mine, notes = _label_variants(name, cells, run_dir) if cells else ([], [])
+        spec = (cells[0][1].get("report") if cells else None) or DEFAULT_REPORT
+        try:
+            validate_report(spec)
+        except ValueError as e:
+            where = cells[0][0] / "config.json" if cells else name
+            raise CellError(f"{where}: {e}") from None
+        build = BUILDERS[spec["builder"]]
+        written += build(name, mine, spec, run_dir, out, notes, failed_by.get(name, []))
     return written

@@ -1,30 +1,85 @@
-"""Resumable sweeps: one cell per resolved config, identified by its hash.
+"""Resumable sweeps: one cell per resolved config, identified by its hash (see docs/sweeps.md).
 
-A cell's folder is ``WORKDIR/cells/<name>-<hash>``. A cell is finished when its ``done.json``
-exists; that file is written (atomically) after the cell's rows, so a killed sweep loses at most
-the cells in flight, and a rerun skips every finished cell. Backends: ``local`` (in this process,
-or a small pool of processes) and ``submitit`` (SLURM; ``cluster="local"`` runs the same code
-path on this machine, which is how the tests exercise it).
+A cell's folder is ``WORKDIR/cells/<name>-<hash>``. A cell is *finished* when its ``done.json``
+exists and vouches for its rows: ``done.json`` is written (atomically) after ``rows.jsonl`` and
+records the number of rows and the file's sha256, so a cut, emptied or deleted ``rows.jsonl``
+makes the cell *damaged*: :func:`read_rows` refuses it and a rerun redoes it. A killed sweep
+loses at most the cells in flight. A cell whose training diverged (``TrainingDivergedError``)
+is *failed*: ``failed.json`` records the step, seed and loss, and the sweep goes on with the
+other cells.
+
+Locks: a sweep holds ``WORKDIR/.lock`` and each cell run holds ``CELL/.lock`` (``flock``, with
+the holder's PID written inside): a second process on the same folder stops with one line
+naming the holder; a lock left by a dead process is free again. Workers of the process pool end
+when their parent dies.
+
+Backends: ``local`` (in this process, or a small pool of processes) and ``submitit`` (SLURM;
+``cluster="local"`` runs the same code path on this machine, which is how the tests exercise it).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import dataclasses
+import hashlib
+import json
 import multiprocessing as mp
-from collections.abc import Callable, Sequence
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from invariance.config import config_hash, to_dict
+from invariance.config import config_hash, study_part, to_dict
 from invariance.io import atomic_write_json
 
-__all__ = ["BACKENDS", "cell_dir", "is_done", "pending_cells", "run_sweep"]
+__all__ = [
+    "BACKENDS",
+    "CellError",
+    "LockError",
+    "StudyMismatchError",
+    "SweepResult",
+    "claim_workdir",
+    "config_diff",
+    "cell_dir",
+    "cell_state",
+    "is_done",
+    "lock",
+    "pending_cells",
+    "read_json",
+    "read_rows",
+    "run_sweep",
+]
 
 BACKENDS = ("local", "submitit")
+CONFIG_FILE, ROWS_FILE, DONE_FILE, FAILED_FILE, LOCK_FILE, STUDY_FILE = (
+    "config.json",
+    "rows.jsonl",
+    "done.json",
+    "failed.json",
+    ".lock",
+    "sweep.json",
+)
 
 CellFn = Callable[[dict[str, Any], str], Any]
+
+
+class CellError(ValueError):
+    """A cell's files cannot be vouched for (damaged, unreadable, invalid JSON): one line naming
+    the file. The user fixes it by rerunning the sweep (which redoes a damaged cell)."""
+
+
+class LockError(RuntimeError):
+    """Another live process holds the folder's lock; the message names its PID."""
+
+
+class StudyMismatchError(ValueError):
+    """A workdir holds the cells of another resolved config (other than its seeds)."""
 
 
 def cell_dir(workdir: str | Path, config: ml_collections.ConfigDict | dict) -> Path:
@@ -34,15 +89,92 @@ def cell_dir(workdir: str | Path, config: ml_collections.ConfigDict | dict) -> P
     return Path(workdir) / "cells" / f"{label}-{config_hash(d)}"
 
 
+# ------------------------------------------------------------------------------------------
+# Completeness.
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    data = path.read_bytes()
+    return data.count(b"\n"), hashlib.sha256(data).hexdigest()
+
+
+def read_json(path: str | Path) -> Any:
+    """Reads a JSON file; a missing or invalid one raises :class:`CellError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CellError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CellError(f"{path} is not valid JSON ({e})") from None
+
+
+def _damage(folder: Path) -> str | None:
+    """Why a folder holding ``done.json`` is not a finished cell, or None when it is one."""
+    done = read_json(folder / DONE_FILE)
+    rows = folder / ROWS_FILE
+    if not isinstance(done, dict) or "rows_sha256" not in done:
+        return f"{folder / DONE_FILE} records no row count and checksum (an older version)"
+    if not rows.is_file():
+        return f"{rows} is missing although {DONE_FILE} says the cell finished"
+    n, sha = _digest(rows)
+    if (n, sha) != (done.get("rows"), done["rows_sha256"]):
+        return (
+            f"{rows} is damaged: {n} rows (sha256 {sha[:12]}), {DONE_FILE} recorded "
+            f"{done.get('rows')} rows (sha256 {done['rows_sha256'][:12]})"
+        )
+    return None
+
+
+def cell_state(folder: str | Path) -> tuple[str, str]:
+    """``(state, detail)``: "finished", "failed" (detail: the failure), "damaged" (detail: which
+    file and why) or "pending"."""
+    folder = Path(folder)
+    if (folder / DONE_FILE).is_file():
+        try:
+            why = _damage(folder)
+        except CellError as e:
+            why = str(e)
+        return ("damaged", why) if why else ("finished", "")
+    if (folder / FAILED_FILE).is_file():
+        try:
+            info = read_json(folder / FAILED_FILE)
+            return "failed", str(info.get("message", "")) if isinstance(info, dict) else ""
+        except CellError as e:
+            return "failed", str(e)
+    return "pending", ""
+
+
 def is_done(directory: str | Path) -> bool:
-    """Whether a cell folder holds a finished cell (its ``done.json``)."""
-    return (Path(directory) / "done.json").is_file()
+    """Whether a cell folder holds a finished cell whose rows match its ``done.json``."""
+    return cell_state(directory)[0] == "finished"
+
+
+def read_rows(folder: str | Path) -> list[dict[str, Any]]:
+    """A finished cell's rows, verified against its ``done.json``.
+
+    Raises:
+        CellError: one line naming the file, for a damaged cell or a line that is not JSON.
+    """
+    folder = Path(folder)
+    why = _damage(folder)
+    if why:
+        raise CellError(f"{why}; rerun the sweep to redo the cell")
+    rows = []
+    path = folder / ROWS_FILE
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise CellError(f"{path} line {i} is not valid JSON ({e})") from None
+    return rows
 
 
 def pending_cells(
     cells: Sequence[ml_collections.ConfigDict | dict], workdir: str | Path
 ) -> list[tuple[dict[str, Any], Path]]:
-    """The cells not finished yet, as (plain config dict, folder) pairs, in sweep order."""
+    """The cells not finished yet (pending, failed or damaged), as (plain config dict, folder)
+    pairs, in sweep order."""
     out = []
     seen = set()
     for c in cells:
@@ -56,13 +188,229 @@ def pending_cells(
     return out
 
 
-def _run_one(cell_fn: CellFn, config: dict[str, Any], folder: str) -> str:
+# ------------------------------------------------------------------------------------------
+# A workdir holds one study.
+
+
+def _part_hash(part: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], limit: int = 4) -> str:
+    """``"k: a -> b; ..."`` over the flat keys where two flat dicts differ (at most ``limit``)."""
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    text = "; ".join(f"{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in keys[:limit])
+    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def claim_workdir(workdir: str | Path, cells: Sequence[ml_collections.ConfigDict | dict]) -> None:
+    """Records the study of ``cells`` in ``workdir/sweep.json``, or checks it is the one there.
+
+    The study is the set of the cells' :func:`invariance.config.study_part`: a rerun with
+    other seeds, or a sweep that adds cells, is the same study; a rerun whose overrides change
+    anything else (epochs, data, protocols, ...) is not, and would be averaged with the cells
+    already there.
+
+    Raises:
+        StudyMismatchError: ``workdir`` holds another study (the message names the first keys
+            that differ).
+    """
+    parts: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        part = study_part(c)
+        parts.setdefault(_part_hash(part), part)
+    path = Path(workdir) / STUDY_FILE
+    if path.is_file():
+        old = read_json(path)
+        old_parts = old.get("parts", {}) if isinstance(old, dict) else {}
+        if set(parts) != set(old_parts):
+            a: dict[str, Any] = next(iter(old_parts.values()), {})
+            b: dict[str, Any] = next(iter(parts.values()), {})
+            raise StudyMismatchError(
+                f"{workdir} holds the cells of another resolved config ({config_diff(a, b)}); "
+                "cells of different configs must not be averaged: pass another --workdir (the "
+                "default one is named after the --set overrides)"
+            )
+        return
+    atomic_write_json(path, {"parts": parts})
+
+
+# ------------------------------------------------------------------------------------------
+# Locks.
+
+_HELD: dict[Path, tuple[int, int]] = {}  # folder -> (fd, depth): re-entrant within a process
+_HELD_LOCK = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def lock(folder: str | Path) -> Iterator[Path]:
+    """Holds ``folder/.lock`` (an exclusive ``flock``; the file records the holder's PID).
+
+    Re-entrant in one process. A lock file left by a dead process is taken over (the kernel
+    released its ``flock`` when it died).
+
+    Raises:
+        LockError: another live process holds the lock (the message names its PID).
+    """
+    import fcntl
+
+    folder = Path(folder).resolve()
+    with _HELD_LOCK:
+        if folder in _HELD:
+            fd, depth = _HELD[folder]
+            _HELD[folder] = (fd, depth + 1)
+            reentered = True
+        else:
+            reentered = False
+    if not reentered:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            pid = holder[0] if holder else "?"
+            host = holder[1] if len(holder) > 1 else "?"
+            raise LockError(
+                f"{folder} is in use by process {pid} on {host} (lock {path}); wait for it to "
+                "end, or use another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        with _HELD_LOCK:
+            _HELD[folder] = (fd, 1)
+    try:
+        yield folder
+    finally:
+        with _HELD_LOCK:
+            fd, depth = _HELD[folder]
+            if depth > 1:
+                _HELD[folder] = (fd, depth - 1)
+            else:
+                del _HELD[folder]
+                os.close(fd)  # releases the flock; the file stays (its PID is then stale)
+
+
+# ------------------------------------------------------------------------------------------
+# Running cells.
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this cell's config fails", not "the library has a bug"."""
+    from invariance.train import TrainingDivergedError
+
+    return (TrainingDivergedError,)
+
+
+def _failure_record(config: dict[str, Any], err: BaseException) -> dict[str, Any]:
+    loss = None
+    text = str(err)
+    if "loss " in text:
+        loss = text.split("loss ", 1)[1].split()[0]
+    return {
+        "label": config.get("cell_name"),
+        "cell_index": config.get("cell_index", 0),
+        "cell_config": config.get("name"),
+        "error": type(err).__name__,
+        "step": getattr(err, "step", None),
+        "epoch": getattr(err, "epoch", None),
+        "seed": getattr(err, "seed", None),
+        "loss": loss,
+        "message": " ".join(text.split()),
+    }
+
+
+def _run_one(cell_fn: CellFn, config: dict[str, Any], folder: str) -> dict[str, Any]:
+    """Runs one cell under its lock; returns ``{"folder", "status", ...failure fields}``."""
     folder_p = Path(folder)
-    folder_p.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder_p / "config.json", config)
-    cell_fn(config, folder)
-    atomic_write_json(folder_p / "done.json", {"hash": config_hash(config)})
-    return folder
+    with lock(folder_p):
+        if is_done(folder_p):  # another process finished it meanwhile
+            return {"folder": folder, "status": "finished"}
+        for stale in (DONE_FILE, FAILED_FILE):
+            (folder_p / stale).unlink(missing_ok=True)
+        atomic_write_json(folder_p / CONFIG_FILE, config)
+        try:
+            cell_fn(config, folder)
+        except _failures() as e:
+            record = _failure_record(config, e)
+            atomic_write_json(folder_p / FAILED_FILE, record)
+            return {"folder": folder, "status": "failed", **record}
+        rows = folder_p / ROWS_FILE
+        if not rows.is_file():
+            raise RuntimeError(f"cell function {cell_fn!r} wrote no {rows}")
+        n, sha = _digest(rows)
+        done = {"hash": config_hash(config), "rows": n, "rows_sha256": sha}
+        atomic_write_json(folder_p / DONE_FILE, done)
+    return {"folder": folder, "status": "finished"}
+
+
+def _refresh_finished(cells, workdir: Path, todo: set[Path]) -> None:
+    """A finished cell's ``config.json`` takes the fields that are not hashed (its report
+    section): a column added to a study shows in the next report without rerunning a cell."""
+    for c in cells:
+        d = to_dict(c)
+        folder = cell_dir(workdir, d)
+        path = folder / CONFIG_FILE
+        if folder in todo or not path.is_file():
+            continue
+        try:
+            same = json.loads(path.read_text()) == d
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            with lock(folder):
+                atomic_write_json(path, d)
+
+
+def _watch_parent(parent: int) -> None:
+    """Process-pool initializer: the worker ends itself once its parent process is gone."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What :func:`run_sweep` returns.
+
+    Attributes:
+        folders: every cell's folder, in sweep order (finished ones included).
+        failed: one record per failed cell (``folder``, ``label``, ``step``, ``seed``, ``loss``,
+            ``message``), also written to the cell's ``failed.json``.
+    """
+
+    folders: list[Path]
+    failed: list[dict[str, Any]]
+
+    def summary(self) -> str:
+        """One line: how many cells finished and which failed."""
+        n = len(dict.fromkeys(self.folders))
+        if not self.failed:
+            return f"sweep: all {n} cells finished"
+        what = "; ".join(
+            f"{Path(f['folder']).name}: loss {f.get('loss')} at step {f.get('step')}, "
+            f"seed {f.get('seed')}"
+            for f in self.failed
+        )
+        done = n - len(self.failed)
+        return f"sweep: {done} of {n} cells finished, {len(self.failed)} failed ({what})"
 
 
 def run_sweep(
@@ -75,14 +423,16 @@ def run_sweep(
     cluster: str | None = None,
     slurm: dict[str, Any] | None = None,
     progress: bool = True,
-) -> list[Path]:
-    """Runs every unfinished cell; returns every cell's folder (finished ones included).
+    claim: bool = True,
+) -> SweepResult:
+    """Runs every unfinished cell under the workdir's lock; failed cells do not stop the others.
 
     Args:
         cells: resolved cell configs (see :func:`invariance.config.resolve`).
         workdir: the sweep folder; cells go to ``workdir/cells``.
-        cell_fn: ``cell_fn(config_dict, folder)`` computes one cell and writes its rows. It must
-            be importable (a module-level function) for the process-pool and submitit backends.
+        cell_fn: ``cell_fn(config_dict, folder)`` computes one cell and writes its
+            ``rows.jsonl``. It must be importable (a module-level function) for the
+            process-pool and submitit backends.
         backend: "local" or "submitit".
         processes: local backend: cells run at once (1 = in this process).
         cluster: submitit backend: None lets submitit choose (SLURM where available), "local"
@@ -90,36 +440,53 @@ def run_sweep(
         slurm: submitit backend: executor parameters, e.g. ``{"slurm_partition": "gpu",
             "gpus_per_node": 1, "timeout_min": 60}``.
         progress: print a line per cell.
+        claim: record or check the workdir's study (:func:`claim_workdir`); ``invariance
+            measure`` passes False to add a re-measured cell (its own hash, its own row in
+            the report) to a sweep's folder.
+
+    Returns:
+        A :class:`SweepResult`.
 
     Raises:
         ValueError: unknown backend, processes < 1.
+        LockError: another process runs a sweep in ``workdir``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: valid are {', '.join(BACKENDS)}")
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with lock(workdir):
+        if claim:
+            claim_workdir(workdir, cells)
+        return _run_locked(cells, workdir, cell_fn, backend, processes, cluster, slurm, progress)
+
+
+def _run_locked(cells, workdir, cell_fn, backend, processes, cluster, slurm, progress):
     todo = pending_cells(cells, workdir)
     all_dirs = [cell_dir(workdir, c) for c in cells]
-    if progress:
-        print(f"sweep: {len(set(all_dirs))} cells, {len(todo)} to run, in {workdir}", flush=True)
-    if not todo:
-        return all_dirs
+    say = print if progress else (lambda *a, **k: None)
+    say(f"sweep: {len(set(all_dirs))} cells, {len(todo)} to run, in {workdir}", flush=True)
+    _refresh_finished(cells, workdir, {f for _, f in todo})
+    for _, folder in todo:
+        state, detail = cell_state(folder)
+        if state in ("damaged", "failed"):
+            say(f"redoing {state} cell {folder.name}: {detail}", flush=True)
+    results: list[dict[str, Any]] = []
     if backend == "local" and processes == 1:
         for i, (cfg, folder) in enumerate(todo):
-            if progress:
-                print(f"[{i + 1}/{len(todo)}] {folder.name}", flush=True)
-            _run_one(cell_fn, cfg, str(folder))
-    elif backend == "local":
+            say(f"[{i + 1}/{len(todo)}] {folder.name}", flush=True)
+            results.append(_run_one(cell_fn, cfg, str(folder)))
+    elif backend == "local" and todo:
         ctx = mp.get_context("spawn")  # JAX is not fork-safe
-        with cf.ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+        with cf.ProcessPoolExecutor(
+            processes, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = {pool.submit(_run_one, cell_fn, c, str(f)): f for c, f in todo}
             for fut in cf.as_completed(futures):
-                fut.result()
-                if progress:
-                    print(f"done {futures[fut].name}", flush=True)
-    else:
+                results.append(fut.result())
+                say(f"{results[-1]['status']} {futures[fut].name}", flush=True)
+    elif todo:
         import submitit
 
         executor = submitit.AutoExecutor(folder=workdir / "submitit", cluster=cluster)
@@ -128,7 +495,7 @@ def run_sweep(
             _run_one, [cell_fn] * len(todo), [c for c, _ in todo], [str(f) for _, f in todo]
         )
         for job in jobs:
-            job.result()
-            if progress:
-                print(f"done job {job.job_id}", flush=True)
-    return all_dirs
+            results.append(job.result())
+            say(f"{results[-1]['status']} job {job.job_id}", flush=True)
+    failed = [r for r in results if r["status"] == "failed"]
+    return SweepResult(folders=all_dirs, failed=failed)

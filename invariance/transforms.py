@@ -10,7 +10,11 @@ their numeric options, so a severity sweep is a single vmapped call::
 
 Numeric options may therefore be traced values: they are never branched on in Python. Bad
 options are rejected with a one-line ``ValueError`` only when their value is concrete (a Python
-number or a concrete array), never inside a trace.
+number or a concrete array), never inside a trace: a value that must be finite (angles, sigmas,
+sub-pixel shifts) is checked when concrete; a numeric ``fill`` may be anything, NaN included
+(a marker). Options counted in whole pixels (shifts, line periods, widths and offsets,
+rectangle corners and sides) must have an integer dtype, which is static, so that check holds
+under ``jit`` and ``vmap`` too: ``translate(dy=1.5)`` is refused, never rounded.
 
 ``fill`` (where present) is a number or ``"max"`` / ``"min"``: the extreme value of each image
 over its ``(H, W, C)`` axes (the seed's "inverse masking" sets pixels to the image's maximum).
@@ -18,9 +22,15 @@ over its ``(H, W, C)`` axes (the seed's "inverse masking" sets pixels to the ima
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy import ndimage
+
+from invariance._checks import is_concrete
 
 __all__ = [
     "FILLS",
@@ -31,6 +41,8 @@ __all__ = [
     "occlude",
     "random_mask",
     "rotate",
+    "rotate_translate",
+    "to_float",
     "translate",
 ]
 
@@ -46,15 +58,44 @@ _ROTATE_EDGE_TOL = 1e-3
 # ----------------------------------------------------------------------------- helpers
 
 
-def _is_concrete(v) -> bool:
-    """True when ``v`` has a value now (not a jax Tracer inside jit / vmap / grad)."""
-    return not isinstance(v, jax.core.Tracer)
-
-
 def _check(v, bad, message: str) -> None:
     """Raise ``ValueError(message)`` when ``v`` is concrete and ``bad(v)`` holds anywhere."""
-    if _is_concrete(v) and np.any(bad(np.asarray(v))):
+    if is_concrete(v) and np.any(bad(np.asarray(v))):
         raise ValueError(message)
+
+
+def _shown(v: Any) -> str:
+    """The value for an error message (a traced value shows its dtype and shape)."""
+    if not is_concrete(v):
+        return f"a traced {v.dtype}{list(v.shape)} value"
+    return repr(v.tolist() if hasattr(v, "tolist") else v)
+
+
+def _dtype(v: Any) -> np.dtype:
+    if hasattr(v, "dtype"):
+        return np.dtype(v.dtype)
+    if isinstance(v, bool):
+        return np.dtype(bool)
+    if isinstance(v, numbers.Integral):
+        return np.dtype(np.int64)
+    return np.asarray(v).dtype
+
+
+def _check_integer(name: str, v: Any) -> None:
+    """A whole-pixel option: its dtype (static, so checked under a trace too) must be integer."""
+    dtype = _dtype(v)
+    if dtype == np.bool_ or not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"{name} must be an integer (whole pixels), got {_shown(v)}")
+
+
+def _check_finite(name: str, v: Any) -> None:
+    """A real option: a number (any dtype but bool), finite wherever it is concrete."""
+    dtype = _dtype(v)
+    if dtype == np.bool_ or not (
+        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    ):
+        raise ValueError(f"{name} must be a finite number, got {_shown(v)}")
+    _check(v, lambda a: ~np.isfinite(a), f"{name} must be a finite number, got {_shown(v)}")
 
 
 def _as_image(image) -> jax.Array:
@@ -105,7 +146,8 @@ def random_mask(key: jax.Array, image, *, ratio, fill=0.0) -> jax.Array:
       An array of the shape and dtype of ``image``.
 
     Raises:
-      ValueError: for a rank < 3 image, a concrete ratio outside [0, 1], or an unknown fill.
+      ValueError: for a rank < 3 image, a concrete ratio outside [0, 1] (NaN included), or an
+        unknown fill.
     """
     image = _as_image(image)
     _check(ratio, lambda r: ~((r >= 0) & (r <= 1)), f"ratio must be in [0, 1], got {ratio}")
@@ -128,8 +170,9 @@ def line_mask(image, *, orientation: str, period, width=1, offset=0, fill=0.0) -
     Args:
       image: float array of shape ``(..., H, W, C)``.
       orientation: ``"vertical"``, ``"horizontal"`` or ``"grid"`` (static).
-      period: distance between the starts of consecutive lines, ``>= 1``; may be traced.
-      width: thickness of each line in pixels, ``>= 0``; may be traced.
+      period: distance between the starts of consecutive lines, an integer ``>= 1``; may be
+        traced.
+      width: thickness of each line in pixels, an integer ``>= 0``; may be traced.
       offset: index of the first line (any integer, taken mod ``period``); may be traced.
       fill: a number (may be traced), or ``"max"`` / ``"min"`` for each image's own extreme.
 
@@ -137,12 +180,14 @@ def line_mask(image, *, orientation: str, period, width=1, offset=0, fill=0.0) -
       An array of the shape and dtype of ``image``.
 
     Raises:
-      ValueError: for a rank < 3 image, an unknown orientation or fill, a concrete
-        ``period < 1`` or ``width < 0``.
+      ValueError: for a rank < 3 image, an unknown orientation or fill, a period, width or
+        offset without an integer dtype, a concrete ``period < 1`` or ``width < 0``.
     """
     image = _as_image(image)
     if orientation not in ORIENTATIONS:
         raise ValueError(f"orientation must be one of {list(ORIENTATIONS)}, got {orientation!r}")
+    for name, v in (("period", period), ("width", width), ("offset", offset)):
+        _check_integer(name, v)
     _check(period, lambda p: p < 1, f"period must be >= 1, got {period}")
     _check(width, lambda v: v < 0, f"width must be >= 0, got {width}")
     h, w = image.shape[-3], image.shape[-2]
@@ -170,19 +215,22 @@ def occlude(image, *, top, left, height, width, fill=0.0) -> jax.Array:
 
     Args:
       image: float array of shape ``(..., H, W, C)``.
-      top: first occluded row; may be traced.
-      left: first occluded column; may be traced.
-      height: number of occluded rows, ``>= 0``; may be traced.
-      width: number of occluded columns, ``>= 0``; may be traced.
+      top: first occluded row, an integer; may be traced.
+      left: first occluded column, an integer; may be traced.
+      height: number of occluded rows, an integer ``>= 0``; may be traced.
+      width: number of occluded columns, an integer ``>= 0``; may be traced.
       fill: a number (may be traced), or ``"max"`` / ``"min"`` for each image's own extreme.
 
     Returns:
       An array of the shape and dtype of ``image``.
 
     Raises:
-      ValueError: for a rank < 3 image, an unknown fill, a concrete negative height or width.
+      ValueError: for a rank < 3 image, an unknown fill, a position or size
+        without an integer dtype, a concrete negative height or width.
     """
     image = _as_image(image)
+    for name, v in (("top", top), ("left", left), ("height", height), ("width", width)):
+        _check_integer(name, v)
     _check(height, lambda v: v < 0, f"height must be >= 0, got {height}")
     _check(width, lambda v: v < 0, f"width must be >= 0, got {width}")
     rows = jnp.arange(image.shape[-3])[:, None]
@@ -214,11 +262,15 @@ def translate(image, *, dy, dx, mode: str = "circular") -> jax.Array:
       An array of the shape and dtype of ``image``.
 
     Raises:
-      ValueError: for a rank < 3 image or an unknown mode.
+      ValueError: for a rank < 3 image, an unknown mode, or a ``dy`` / ``dx`` without an
+        integer dtype (``dy=1.5`` is refused; use :func:`rotate_translate` for sub-pixel
+        shifts).
     """
     image = _as_image(image)
     if mode not in TRANSLATE_MODES:
         raise ValueError(f"mode must be one of {list(TRANSLATE_MODES)}, got {mode!r}")
+    _check_integer("dy", dy)
+    _check_integer("dx", dx)
     shifted = jnp.roll(image, (dy, dx), axis=(-3, -2))
     if mode == "circular":
         return shifted
@@ -254,9 +306,11 @@ def rotate(image, *, degrees, fill=0.0) -> jax.Array:
       An array of the shape and dtype of ``image``.
 
     Raises:
-      ValueError: for a rank < 3 image or an unknown fill.
+      ValueError: for a rank < 3 image, an unknown fill, or a concrete
+        non-finite ``degrees``.
     """
     image = _as_image(image)
+    _check_finite("degrees", degrees)
     fill_value = _fill_value(image, fill)
     h, w = image.shape[-3], image.shape[-2]
     theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
@@ -303,9 +357,87 @@ def gaussian_noise(key: jax.Array, image, *, sigma) -> jax.Array:
       An array of the shape and dtype of ``image``.
 
     Raises:
-      ValueError: for a rank < 3 image or a concrete negative sigma.
+      ValueError: for a rank < 3 image or a concrete negative or non-finite sigma.
     """
     image = _as_image(image)
+    _check_finite("sigma", sigma)
     _check(sigma, lambda s: s < 0, f"sigma must be >= 0, got {sigma}")
     noise = jax.random.normal(key, image.shape, image.dtype)
     return (image + jnp.asarray(sigma, image.dtype) * noise).astype(image.dtype)
+
+
+# ----------------------------------------------------------------------------- both
+
+
+def rotate_translate(image, *, dy, dx, degrees) -> jax.Array:
+    """Rotates about the centre, then translates (sub-pixel allowed); bilinear, zero padding.
+
+    Engstrom et al., "Exploring the Landscape of Spatial Robustness" (ICML 2019;
+    MadryLab/adversarial_spatial) rotate then translate with bilinear interpolation on a
+    zero-padded canvas. Conventions as :func:`rotate` and :func:`translate`: positive
+    ``degrees`` turn the content counter-clockwise as displayed, positive ``dy`` / ``dx`` move
+    it down / right. Output pixel ``p`` samples the input at ``R^-1 (p - t)`` about the centre
+    ``((H-1)/2, (W-1)/2)``; each of the four bilinear neighbours outside the image reads 0
+    (``jax.scipy.ndimage.map_coordinates`` with ``mode="constant"``), so at ``degrees = 0``
+    and integer shifts this is exactly ``translate(..., mode="constant")``. Unlike
+    :func:`rotate` there is no fill option and no edge slack: a pixel sampled between the
+    border and the outside blends with 0.
+
+    Args:
+      image: float array of shape ``(..., H, W, C)``.
+      dy: row shift in pixels (any real, sub-pixel allowed); may be traced.
+      dx: column shift in pixels; may be traced.
+      degrees: rotation angle in degrees; may be traced.
+
+    Returns:
+      An array of the shape and dtype of ``image``.
+
+    Raises:
+      ValueError: for a rank < 3 image or a concrete non-finite ``dy``, ``dx`` or ``degrees``.
+    """
+    image = _as_image(image)
+    for name, v in (("dy", dy), ("dx", dx), ("degrees", degrees)):
+        _check_finite(name, v)
+    h, w, c = image.shape[-3:]
+    theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    y = jnp.arange(h, dtype=jnp.float32)[:, None] - (h - 1) / 2 - jnp.asarray(dy, jnp.float32)
+    x = jnp.arange(w, dtype=jnp.float32)[None, :] - (w - 1) / 2 - jnp.asarray(dx, jnp.float32)
+    src_y = cos * y + sin * x + (h - 1) / 2
+    src_x = -sin * y + cos * x + (w - 1) / 2
+    src_y, src_x = jnp.broadcast_arrays(src_y, src_x)
+
+    def one_channel(ch: jax.Array) -> jax.Array:
+        return ndimage.map_coordinates(ch, [src_y, src_x], order=1, mode="constant", cval=0.0)
+
+    planes = jnp.moveaxis(image.reshape(-1, h, w, c), -1, 1).reshape(-1, h, w)
+    out = jax.vmap(one_channel)(planes).reshape(-1, c, h, w)
+    return jnp.moveaxis(out, 1, -1).reshape(image.shape).astype(image.dtype)
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+def to_float(images) -> jax.Array:
+    """Images on the float scale every transform and model expects.
+
+    uint8 images (0..255) are divided by 255 into float32 ``[0, 1]``; floating images are cast
+    to float32 unchanged in value. Any other dtype (bool, other integers) is refused: its
+    scale is unknown (int16 or int32 pixels may be 0..255 or 0..65535), and guessing would
+    give a wrong number silently.
+
+    Args:
+      images: an array of any shape, uint8 or floating.
+
+    Returns:
+      A float32 array of the same shape.
+
+    Raises:
+      ValueError: for any other dtype.
+    """
+    dtype = _dtype(images)
+    if dtype == np.uint8:
+        return jnp.asarray(images).astype(jnp.float32) / 255.0
+    if np.issubdtype(dtype, np.floating):
+        return jnp.asarray(images).astype(jnp.float32)
+    raise ValueError(f"images must be uint8 (scaled by 1/255) or float, got dtype {dtype}")

@@ -1,6 +1,6 @@
 """Measurement speed: shift_consistency against a straightforward per-shift Python loop.
 
-    python scripts/bench_measure.py [--images 10000] [--pairs 16] [--chunk 500]
+    python scripts/bench_measure.py [--images 10000] [--pairs 16] [--chunk 500] [--reps 3]
 
 A SmallCNN(pool="max") is trained for one epoch on Fashion-MNIST (synthetic data with
 ``--dataset synthetic``), then Zhang 2019 shift consistency (circular shifts, +-3 px, two
@@ -20,15 +20,17 @@ pairs twice, with the same model and the same offsets:
   forward passes cost when a plain loop pays for them (ours ships uint8 chunks and keeps the
   argmax on the device, so it can come out slightly faster; it is a reference, not a bound).
 
-Throughput is images x transforms (shifted copies evaluated) per second; the peak resident
-memory of each part is measured in a fresh child process so one does not hide the other.
+Throughput is images x transforms (shifted copies evaluated) per second. Timing follows
+``invariance.benchmarking`` with whole processes as the calls: every part runs once per round
+in its own fresh process (so the peak resident memory of one part does not hide another's),
+``--reps`` rounds in a seeded random order each; a part's time is the median of its rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
+import os
 import resource
 import sys
 import tempfile
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invariance import runtime
+from invariance import benchmarking, runtime
 
 SHIFT = 3
 
@@ -56,13 +58,13 @@ def _offsets(key_seed: int, n: int, pairs: int) -> np.ndarray:
     return np.asarray(grid)
 
 
-def _setup(dataset: str, n: int, workdir: str):
+def _setup(dataset: str, n: int, workdir: str, train_examples: int = 12000):
     from invariance import data, train
 
     cfg = train.default_config()
     cfg.dataset = dataset
     cfg.num_epochs = 1
-    cfg.train_examples = 12000
+    cfg.train_examples = train_examples
     cfg.progress = False
     cfg.workdir = workdir  # a second call resumes: the model trains once
     result = train.train(cfg)
@@ -96,23 +98,23 @@ def _start() -> tuple[float, float | None]:
     return time.perf_counter(), rss
 
 
-def _report(q, start: tuple[float, float | None], consistency: float | None) -> None:
-    """Sends the seconds since ``start``, the consistency, this process's peak RSS (setup
+def _report(start: tuple[float, float | None], consistency: float | None) -> dict:
+    """The seconds since ``start``, the consistency, this process's peak RSS (setup
     included) and how far the RSS rose above its level at ``start`` during the part."""
     t0, rss0 = start
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     hwm = _status_mb("VmHWM")
     growth = None if rss0 is None or hwm is None else max(hwm - rss0, 0.0)
-    q.put({"seconds": dt, "consistency": consistency, "peak_rss_mb": peak, "growth_mb": growth})
+    return {"seconds": dt, "consistency": consistency, "peak_rss_mb": peak, "growth_mb": growth}
 
 
-def _ours(args, q) -> None:
+def _ours(args) -> dict:
     import jax
 
     from invariance import measure
 
-    apply_fn, params, images = _setup(args.dataset, args.images, args.workdir)
+    apply_fn, params, images = _setup(args.dataset, args.images, args.workdir, args.train_examples)
     t0 = _start()
     rows = measure.shift_consistency(
         apply_fn,
@@ -122,7 +124,7 @@ def _ours(args, q) -> None:
         max_shift=SHIFT,
         num_pairs=args.pairs,
     )
-    _report(q, t0, rows[0]["consistency"])
+    return _report(t0, rows[0]["consistency"])
 
 
 def _jitted_model(args, batch: int):
@@ -130,7 +132,7 @@ def _jitted_model(args, batch: int):
     shorter one (outside any timing), and the float32 test images."""
     import jax
 
-    apply_fn, params, images = _setup(args.dataset, args.images, args.workdir)
+    apply_fn, params, images = _setup(args.dataset, args.images, args.workdir, args.train_examples)
     f = jax.jit(apply_fn)
     x_all = images.astype(np.float32) / 255.0
     for size in {batch, len(x_all) % batch or batch}:
@@ -138,7 +140,7 @@ def _jitted_model(args, batch: int):
     return f, params, x_all
 
 
-def _loop(args, q, batch: int) -> None:
+def _loop(args, batch: int) -> dict:
     f, params, x_all = _jitted_model(args, batch)
     offsets = _offsets(0, len(x_all), args.pairs)
     h, w = x_all.shape[1:3]
@@ -159,110 +161,86 @@ def _loop(args, q, batch: int) -> None:
             a = np.asarray(f(params, shifted(x, off[:, 0]))).argmax(-1)
             b = np.asarray(f(params, shifted(x, off[:, 1]))).argmax(-1)
             agree += int((a == b).sum())
-    _report(q, t0, agree / (len(x_all) * args.pairs))
+    return _report(t0, agree / (len(x_all) * args.pairs))
 
 
-def _forward(args, q, batch: int) -> None:
+def _forward(args, batch: int) -> dict:
     f, params, x_all = _jitted_model(args, batch)
     t0 = _start()
     for _ in range(2 * args.pairs):  # as many forward passes as the shifted copies
         for s in range(0, len(x_all), batch):
             np.asarray(f(params, x_all[s : s + batch])).argmax(-1)
-    _report(q, t0, None)
+    return _report(t0, None)
 
 
-def _run(target, args, *extra) -> dict:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=target, args=(args, q, *extra))
-    proc.start()
-    out = q.get()
-    proc.join()
-    return out
+def _specs(args, batch: int) -> dict[str, tuple[str, tuple]]:
+    """Part name -> (its label, (the function a fresh process runs, its extra arguments))."""
+    return {
+        "ours": (
+            "invariance.measure.shift_consistency (default chunks; compile included)",
+            (_ours,),
+        ),
+        "loop": (f"per-shift Python loop over batches of {args.chunk}", (_loop, args.chunk)),
+        "matched": (f"the same loop over batches of {batch} (ours' model batch)", (_loop, batch)),
+        "forward": (
+            f"forward-only reference: the jitted model alone, unshifted, batches of {batch}",
+            (_forward, batch),
+        ),
+    }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=10000)
-    ap.add_argument("--pairs", type=int, default=16)
-    ap.add_argument("--chunk", type=int, default=500, help="the plain loop's batch")
-    ap.add_argument("--dataset", default="fashion_mnist")
-    ap.add_argument("--out", default="results/benchmarks/measure.md")
-    args = ap.parse_args(argv)
-    from invariance.io import atomic_write_text, provenance
-    from invariance.measure import _core
-
-    batch = _core.model_batch()  # what ours aims each forward call at on this backend
-    with tempfile.TemporaryDirectory() as wd:
-        args.workdir = wd
-        _setup(args.dataset, 1, wd)  # train once, here; the children resume
-        specs = {
-            "ours": (
-                "invariance.measure.shift_consistency (default chunks; compile included)",
-                (_ours,),
-            ),
-            "loop": (f"per-shift Python loop over batches of {args.chunk}", (_loop, args.chunk)),
-            "matched": (
-                f"the same loop over batches of {batch} (ours' model batch)",
-                (_loop, batch),
-            ),
-            "forward": (
-                f"forward-only reference: the jitted model alone, unshifted, batches of {batch}",
-                (_forward, batch),
-            ),
-        }
-        # Twice, in palindromic order (A B C D D C B A): a load that drifts during the run
-        # weighs on every part alike; each part reports the mean of its two runs.
-        order = [*specs, *reversed(specs)]
-        runs: dict[str, list[dict]] = {k: [] for k in specs}
+def run_rounds(specs: dict, args) -> dict[str, dict]:
+    """Every part once per round, each run in a fresh process, ``args.reps`` rounds in a
+    seeded random order each; per part: the median seconds, each run's seconds, the
+    consistency (refused if the runs disagree), the largest peak RSS and RSS growth."""
+    runs: dict[str, list[dict]] = {k: [] for k in specs}
+    for order in benchmarking.round_orders(list(specs), args.reps, seed=0):
         for name in order:
             target, *extra = specs[name][1]
-            runs[name].append(_run(target, args, *extra))
-        parts = {
-            k: (
-                specs[k][0],
-                {
-                    "seconds": float(np.mean([r["seconds"] for r in v])),
-                    "seconds_each": [r["seconds"] for r in v],
-                    "consistency": v[0]["consistency"],
-                    "peak_rss_mb": max(r["peak_rss_mb"] for r in v),
-                    "growth_mb": None
-                    if any(r["growth_mb"] is None for r in v)
-                    else max(r["growth_mb"] for r in v),
-                },
-            )
-            for k, v in runs.items()
+            runs[name].append(benchmarking.in_fresh_process(target, args, *extra))
+            print(f"{name}: {runs[name][-1]['seconds']:.2f} s", flush=True)
+    parts = {}
+    for k, v in runs.items():
+        if len({r["consistency"] for r in v}) != 1:
+            raise RuntimeError(f"{k}: the runs gave different consistencies {v}")
+        growth = [r["growth_mb"] for r in v]
+        parts[k] = {
+            "seconds": float(np.median([r["seconds"] for r in v])),
+            "seconds_each": [r["seconds"] for r in v],
+            "consistency": v[0]["consistency"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in v),
+            "growth_mb": None if None in growth else max(growth),
         }
+    return parts
+
+
+def render(parts: dict, labels: dict[str, str], args, command: str) -> str:
+    """The Markdown document: provenance, the table, the ratios."""
     n_eval = args.images * args.pairs * 2  # shifted copies through the model
-    prov = provenance()
-    secs = {k: v[1]["seconds"] for k, v in parts.items()}
+    secs = {k: v["seconds"] for k, v in parts.items()}
     ratio = secs["loop"] / secs["ours"]
     rows = []
-    for label, r in parts.values():
+    for k, r in parts.items():
         cons = "n/a" if r["consistency"] is None else f"{r['consistency']:.4f}"
         growth = "n/a" if r["growth_mb"] is None else f"{r['growth_mb']:,.0f}"
         rows.append(
-            f"| {label} | {r['seconds']:.2f} | "
+            f"| {labels[k]} | {r['seconds']:.2f} | "
             f"{' / '.join(f'{t:.1f}' for t in r['seconds_each'])} | "
             f"{n_eval / r['seconds']:,.0f} | {cons} | {r['peak_rss_mb']:,.0f} | {growth} |"
         )
-    text = "\n".join(
+    return "\n".join(
         [
             "# Measurement benchmark: shift consistency",
             "",
-            f"Command: `python scripts/bench_measure.py --images {args.images} --pairs {args.pairs}"
-            f" --chunk {args.chunk} --dataset {args.dataset}`  ",
-            f"Device: {prov['device']} ({prov['backend']}, {prov['cpu']}); jax {prov['jax']}; "
-            f"commit {prov['git_commit']}; {prov['date']}.  ",
-            f"{runtime.malloc_note()}  ",
-            f"SmallCNN(pool=max) trained 1 epoch on 12k images; {args.images} test images x "
-            f"{args.pairs} pairs of circular shifts (+-{SHIFT} px, per-image offsets, the same in "
-            f"all parts); {n_eval:,} shifted copies evaluated. Each part runs twice, in "
-            "palindromic order (seconds: the mean of the two runs), each run in its own process. "
-            "Peak RSS: the whole process, setup (training resume, data loading) included; RSS "
-            "growth: how far the RSS rose above its level when the timed part began (the larger "
-            "of the two runs; malloc keeps freed memory, so this is what the part needed beyond "
-            "what the setup had left).",
+            *benchmarking.header(command, conditions=args.conditions),
+            f"SmallCNN(pool=max) trained 1 epoch on {args.train_examples} {args.dataset} images; "
+            f"{args.images} test images x {args.pairs} pairs of circular shifts (+-{SHIFT} px, "
+            f"per-image offsets, the same in all parts); {n_eval:,} shifted copies evaluated. "
+            f"{args.reps} rounds, every part once per round in a fresh seeded random order, each "
+            "run in its own process; seconds: the median of a part's runs. Peak RSS: the whole "
+            "process, setup (training resume, data loading) included; RSS growth: how far the RSS "
+            "rose above its level when the timed part began (the largest over the runs; malloc "
+            "keeps freed memory, so this is what the part needed beyond what the setup had left).",
             "",
             "| implementation | seconds | runs (s) | images x transforms / s | consistency "
             "| peak RSS MB | RSS growth MB |",
@@ -278,8 +256,38 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=500, help="the plain loop's batch")
+    ap.add_argument("--reps", type=int, default=3, help="rounds (one fresh process per part)")
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--train-examples", type=int, default=12000)
+    ap.add_argument("--note", default="", help="the measuring conditions, for the header")
+    ap.add_argument("--out", default="results/benchmarks/measure.md")
+    args = ap.parse_args(argv)
+    if min(args.images, args.pairs, args.chunk, args.reps, args.train_examples) < 1:
+        ap.error("--images, --pairs, --chunk, --reps and --train-examples must be >= 1")
+    command = benchmarking.command_line(
+        "scripts/bench_measure.py", sys.argv[1:] if argv is None else argv
+    )
+    from invariance.io import atomic_write_text
+    from invariance.measure import _core
+
+    batch = _core.model_batch()  # what ours aims each forward call at on this backend
+    with tempfile.TemporaryDirectory() as wd:
+        args.workdir = wd
+        _setup(args.dataset, 1, wd, args.train_examples)  # train once, here; the runs resume
+        specs = _specs(args, batch)
+        load = os.getloadavg()[0]
+        parts = run_rounds(specs, args)
+        args.conditions = benchmarking.conditions(load, args.note)
+    text = render(parts, {k: v[0] for k, v in specs.items()}, args, command)
     print(text)
-    print(json.dumps({k: v[1] for k, v in parts.items()}))
+    print(json.dumps(parts))
     atomic_write_text(args.out, text)
     return 0
 

@@ -99,3 +99,38 @@ def pytest_collection_modifyitems(config, items):
     stale = [n for n in NOT_FAST if n not in seen]
     if stale and config.args_source == pytest.Config.ArgsSource.TESTPATHS:
         warnings.warn(pytest.PytestWarning(f"NOT_FAST names no test: {stale}"), stacklevel=1)
+
+
+# ----------------------------------------------------------------------------- jit / vmap checker
+
+
+def _check_jit_vmap(fn, *batch, atol=0.0, rtol=0.0):
+    """dm_pix's pattern: ``fn`` per element of ``batch`` (arrays sharing a leading axis) gives
+    the same under ``jax.jit`` as eagerly, and ``jax.vmap(fn)`` (eager and jitted) equals the
+    stacked loop. Returns the stacked loop (a pytree like ``fn``'s output)."""
+    import jax
+    import numpy as np
+
+    n = len(batch[0])
+    jitted = jax.jit(fn)
+    loop = []
+    for i in range(n):
+        args = [b[i] for b in batch]
+        eager = fn(*args)
+        jax.tree.map(
+            lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol),
+            jitted(*args),
+            eager,
+        )
+        loop.append(eager)
+    want = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *loop)
+    for got in (jax.vmap(fn)(*batch), jax.jit(jax.vmap(fn))(*batch)):
+        jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol), got, want)
+    return want
+
+
+@pytest.fixture
+def check_jit_vmap():
+    """The shared "jit == eager, vmap == loop" checker: ``check_jit_vmap(fn, *batch, atol=,
+    rtol=)``; see :func:`_check_jit_vmap`."""
+    return _check_jit_vmap

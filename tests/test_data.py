@@ -1,14 +1,20 @@
-"""Tests of invariance.data: local IDX files through our tfds builder, the cache, errors, synthetic.
+"""Tests of invariance.data: the search order, IDX files through our tfds builder, the verified
+array cache, errors, synthetic.
 
-Offline and deterministic: tiny IDX files are written into tmp_path, and INVARIANCE_DATA_DIR and
-INVARIANCE_CACHE_DIR point at tmp folders. One test reads the real Fashion-MNIST from the Debian
-package dataset-fashion-mnist when it is installed.
+Offline and deterministic: tiny IDX files are written into tmp_path; INVARIANCE_CACHE_DIR points
+at a tmp folder; the built-in mirrors are emptied and any URL other than 127.0.0.1 fails the
+test (the downloader itself is tested against a loopback server in test_download.py). The
+shipped copy and the Debian package are replaced by tmp folders, except in the tests of the real
+Fashion-MNIST, which read the shipped copy.
 """
 
 import gzip
-import importlib.util
+import hashlib
 import shutil
 import time
+import urllib.parse
+import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +23,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from invariance import data
-from invariance.data import _tfds
+from invariance.data import _sources, _tfds
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+SHIPPED_DIR = Path(data.__file__).parent / "files" / "fashion_mnist"
+REAL_LOCAL_COPIES = dict(_sources.LOCAL_COPIES)
 STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -59,14 +67,58 @@ def write_dataset(directory: Path, seed: int = 0, *, gz: bool = True):
     return arrays
 
 
+def content_sha256(directory: Path) -> dict[str, str]:
+    """The sha256 of each decompressed IDX file in ``directory`` (as in _sources.CONTENTS)."""
+    return {
+        stem: hashlib.sha256(gzip.decompress((directory / f"{stem}.gz").read_bytes())).hexdigest()
+        for pair in STEMS.values()
+        for stem in pair
+    }
+
+
+def refuse_internet(request, *args, **kwargs):
+    url = request.full_url if isinstance(request, urllib.request.Request) else request
+    raise AssertionError(f"a test tried to reach {urllib.parse.urlsplit(url).netloc}")
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    """No built-in mirrors, no URL at all, no real local copies, a tmp cache folder."""
+    monkeypatch.setattr(_sources, "MIRRORS", {name: () for name in _sources.MIRRORS})
+    monkeypatch.setattr(urllib.request, "urlopen", refuse_internet)
+    monkeypatch.delenv("INVARIANCE_DATA_MIRRORS", raising=False)
+    monkeypatch.delenv("INVARIANCE_DATA_DIR", raising=False)
+    monkeypatch.setattr(_sources, "LOCAL_COPIES", {})
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def dirs(tmp_path, monkeypatch):
     """INVARIANCE_DATA_DIR and INVARIANCE_CACHE_DIR in tmp_path."""
     idx_dir, cache_dir = tmp_path / "idx", tmp_path / "cache"
     idx_dir.mkdir()
     monkeypatch.setenv("INVARIANCE_DATA_DIR", str(idx_dir))
-    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(cache_dir))
     return idx_dir, cache_dir
+
+
+@pytest.fixture
+def copies(tmp_path, monkeypatch):
+    """Stand-ins for the shipped copy and the Debian package: tmp folders, and the published
+    contents set to a tiny dataset's. Returns (shipped, debian, arrays); only shipped holds it."""
+    shipped, debian = tmp_path / "shipped", tmp_path / "debian"
+    arrays = write_dataset(shipped, seed=5)
+    monkeypatch.setitem(_sources.CONTENTS, "fashion_mnist", content_sha256(shipped))
+    monkeypatch.setattr(
+        _sources,
+        "LOCAL_COPIES",
+        {"fashion_mnist": (("the shipped copy", shipped), ("the Debian package", debian))},
+    )
+    return shipped, debian, arrays
+
+
+def entry_dir(cache_dir: Path, name: str, split: str) -> Path:
+    (entry,) = (cache_dir / "arrays" / "v2").glob(f"{name}-{split}-*")
+    return entry
 
 
 def assert_split(loaded, images, labels):
@@ -77,7 +129,7 @@ def assert_split(loaded, images, labels):
     np.testing.assert_array_equal(y, labels)
 
 
-# Local IDX files through the fashion_mnist_local builder.
+# 1. data_dir / INVARIANCE_DATA_DIR: IDX files through the fashion_mnist_local builder.
 
 
 def test_local_round_trip_through_tfds_builder(dirs):
@@ -85,14 +137,16 @@ def test_local_round_trip_through_tfds_builder(dirs):
     arrays = write_dataset(idx_dir)
     for split in ("train", "test"):
         assert_split(data.load("fashion_mnist", split), *arrays[split])
-    prepared = cache_dir / "tensorflow_datasets" / "fashion_mnist_local" / "1.0.0"
+    (source,) = (cache_dir / "tensorflow_datasets").iterdir()
+    assert source.name.startswith("dir-")  # Keyed by the folder and its files.
+    prepared = source / "fashion_mnist_local" / "1.0.0"
     assert (prepared / "dataset_info.json").is_file()
     assert sorted(p.name for p in prepared.glob("*.array_record*")) == [
         "fashion_mnist_local-test.array_record-00000-of-00001",
         "fashion_mnist_local-train.array_record-00000-of-00001",
     ]
-    entries = sorted(p.name for p in (cache_dir / "arrays" / "v1").iterdir())
-    assert entries == ["fashion_mnist-test-local", "fashion_mnist-train-local"]  # No temp left.
+    entries = sorted(p.name for p in (cache_dir / "arrays" / "v2").iterdir())
+    assert entries == [f"fashion_mnist-{s}-{source.name}" for s in ("test", "train")]  # No temp.
 
 
 def test_default_name_and_split_are_fashion_mnist_train(dirs):
@@ -104,7 +158,6 @@ def test_second_load_hits_the_array_cache(dirs, monkeypatch):
     idx_dir, cache_dir = dirs
     arrays = write_dataset(idx_dir)
     data.load("fashion_mnist", "train")
-    shutil.rmtree(idx_dir)
     shutil.rmtree(cache_dir / "tensorflow_datasets")
 
     def fail(*args, **kwargs):
@@ -114,22 +167,24 @@ def test_second_load_hits_the_array_cache(dirs, monkeypatch):
     assert_split(data.load("fashion_mnist", "train"), *arrays["train"])
 
 
-def test_prepared_tfds_dataset_is_reused_without_the_files(dirs):
-    idx_dir, cache_dir = dirs
-    arrays = write_dataset(idx_dir)
-    data.load("fashion_mnist", "train")  # Prepares both splits.
-    shutil.rmtree(idx_dir)
-    assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
-
-
-def test_unreadable_cache_entry_is_rebuilt(dirs):
-    idx_dir, cache_dir = dirs
-    arrays = write_dataset(idx_dir)
+def test_changed_files_in_data_dir_are_read_again(dirs):
+    idx_dir, _ = dirs
+    write_dataset(idx_dir, seed=1)
     data.load("fashion_mnist", "test")
-    entry = cache_dir / "arrays" / "v1" / "fashion_mnist-test-local"
-    (entry / "images.npy").write_bytes(b"not numpy")
-    assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
-    assert np.load(entry / "images.npy").shape == (7, 28, 28, 1)
+    shutil.rmtree(idx_dir)
+    again = write_dataset(idx_dir, seed=2)  # Same names, new content: a new cache key.
+    assert_split(data.load("fashion_mnist", "test"), *again["test"])
+
+
+def test_data_dir_without_the_files_is_an_error_not_a_fallback(dirs, copies):
+    idx_dir, _ = dirs
+    write_idx(idx_dir, "train", *tiny(0, 20))  # The test split's files are missing.
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.load("fashion_mnist", "train")  # The shipped stand-in holds it: not used.
+    message = str(info.value)
+    assert "\n" not in message and str(idx_dir) in message
+    assert "t10k-labels-idx1-ubyte.gz" in message
+    assert "unset INVARIANCE_DATA_DIR to use the shipped copy" in message
 
 
 def test_mnist_and_fashion_mnist_in_subfolders_of_one_data_dir(dirs):
@@ -144,6 +199,118 @@ def test_data_dir_argument_overrides_the_environment(dirs, tmp_path):
     write_dataset(dirs[0], seed=1)
     other = write_dataset(tmp_path / "other", seed=3)
     assert_split(data.load("mnist", "train", data_dir=tmp_path / "other"), *other["train"])
+
+
+# 2-4. The array cache, the shipped copy, the Debian package.
+
+
+def test_shipped_copy_is_used_and_cached(copies, tmp_path, monkeypatch):
+    shipped, _, arrays = copies
+    assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
+    shutil.rmtree(shipped)
+    shutil.rmtree(tmp_path / "cache" / "tensorflow_datasets")
+    monkeypatch.setattr(_tfds, "read", lambda *a, **k: pytest.fail("tfds used on a cache hit"))
+    assert_split(data.load("fashion_mnist", "test"), *arrays["test"])  # From the array cache.
+
+
+def test_prepared_tfds_dataset_is_reused_without_the_files(copies):
+    shipped, _, arrays = copies
+    data.load("fashion_mnist", "train")  # Prepares both splits.
+    shutil.rmtree(shipped)
+    assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
+
+
+def test_debian_copy_serves_when_the_shipped_one_is_bad(copies):
+    shipped, debian, arrays = copies
+    shutil.copytree(shipped, debian)
+    bad = shipped / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(gzip.compress(idx_bytes(np.zeros(20), 2049)))  # Valid IDX, wrong content.
+    with pytest.warns(UserWarning, match="the shipped copy is not used") as record:
+        assert_split(data.load("fashion_mnist", "train"), *arrays["train"])
+    (warning,) = [w for w in record if "invariance" in str(w.message)]
+    assert str(bad) in str(warning.message) and "expected" in str(warning.message)
+
+
+# Corrupt cache entries: one warning naming the file, rebuilt from the source, never served.
+
+
+def damage_zero_bytes(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-50])
+
+
+def damage_same_size(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    content[-3] ^= 0xFF  # One value changes; size and header stay.
+    path.write_bytes(bytes(content))
+
+
+def damage_header(path: Path) -> None:
+    content = bytearray(path.read_bytes())
+    content[:8] = b"garbage!"  # Same size, no .npy magic.
+    path.write_bytes(bytes(content))
+
+
+def damage_append(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + b"\0" * 16)
+
+
+def damage_huge_shape(path: Path) -> None:
+    """Same size; the header now asks for a 5 TB array."""
+    content = path.read_bytes()
+    old, new = b"(7, 28, 28, 1), }" + b" " * 9, b"(7000000000, 28, 28, 1), }"
+    assert old in content and len(old) == len(new)
+    path.write_bytes(content.replace(old, new))
+
+
+def damage_shape(path: Path) -> None:
+    np.save(path, np.load(path)[:-1])  # A readable array, one example short.
+
+
+@pytest.mark.parametrize(
+    ("file", "damage"),
+    [
+        ("labels.npy", damage_zero_bytes),
+        ("images.npy", damage_zero_bytes),
+        ("images.npy", damage_truncate),
+        ("images.npy", damage_same_size),
+        ("labels.npy", damage_same_size),
+        ("images.npy", damage_header),
+        ("images.npy", damage_huge_shape),
+        ("images.npy", damage_append),
+        ("labels.npy", damage_shape),
+        ("manifest.json", damage_truncate),
+        ("manifest.json", Path.unlink),
+    ],
+)
+def test_bad_cache_entry_warns_once_and_is_rebuilt(dirs, file, damage):
+    idx_dir, cache_dir = dirs
+    arrays = write_dataset(idx_dir)
+    data.load("fashion_mnist", "test")
+    path = entry_dir(cache_dir, "fashion_mnist", "test") / file
+    damage(path)
+    with pytest.warns(UserWarning, match="array cache file") as record:
+        assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
+    (warning,) = [w for w in record if "array cache" in str(w.message)]
+    assert str(path) in str(warning.message) and "rebuilding fashion_mnist test" in str(
+        warning.message
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Rebuilt: later loads are silent and right.
+        assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
+        assert_split(data.load("fashion_mnist", "test"), *arrays["test"])
+
+
+def test_bad_cache_entry_of_a_verified_copy_is_rebuilt(copies, tmp_path):
+    shipped, _, arrays = copies
+    data.load("fashion_mnist", "train")
+    shutil.rmtree(tmp_path / "cache" / "tensorflow_datasets")  # Rebuilt from the files.
+    damage_same_size(entry_dir(tmp_path / "cache", "fashion_mnist", "train") / "images.npy")
+    with pytest.warns(UserWarning, match="array cache file"):
+        assert_split(data.load("fashion_mnist", "train"), *arrays["train"])
 
 
 # Corrupt files: one ValueError naming the file and what is wrong.
@@ -190,43 +357,40 @@ def test_not_gzip_raises_value_error_naming_the_file(dirs):
 # Nothing found: one DataNotFoundError saying where it looked and the ways to get the data.
 
 
-def test_nothing_found_raises_one_clear_error(dirs):
-    idx_dir, cache_dir = dirs
-    write_idx(idx_dir, "train", *tiny(0, 20))  # The test split's files are missing.
+def test_nothing_found_raises_one_clear_error(copies, tmp_path):
+    shipped, debian, _ = copies
+    shutil.rmtree(shipped)
     with pytest.raises(data.DataNotFoundError) as info:
         data.load("fashion_mnist", "train", download=False)
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert "\n" not in message
-    assert str(idx_dir) in message and "t10k-labels-idx1-ubyte.gz" in message
-    assert str(cache_dir / "tensorflow_datasets") in message
-    assert "download=False" in message
-    assert "(1) with network" in message and "tensorflow" in message
-    assert "(2) apt-get install dataset-fashion-mnist" in message
-    assert "(3) " in message and "INVARIANCE_DATA_DIR=/dir/with/idx/gz" in message
+    assert str(tmp_path / "cache" / "arrays") in message
+    assert f"the shipped copy: no train-images-idx3-ubyte.gz in {shipped}" in message
+    assert f"the Debian package: no train-images-idx3-ubyte.gz in {debian}" in message
+    assert "download not tried (download=False)" in message
+    assert "(1) with a network" in message and "(2) INVARIANCE_DATA_MIRRORS=" in message
+    assert "(3) apt-get install dataset-fashion-mnist" in message
+    assert "(4) " in message and "INVARIANCE_DATA_DIR=/dir/with/idx/gz" in message
 
 
-def test_nothing_found_says_why_tfds_did_not_download(dirs, monkeypatch):
-    if importlib.util.find_spec("tensorflow") is None:
-        reason = "TensorFlow is not installed"
-    else:  # Keep the test offline where TensorFlow is installed.
-        monkeypatch.setattr(_tfds, "_reachable", lambda url: False)
-        reason = "no network"
-    with pytest.raises(data.DataNotFoundError, match=reason):
-        data.load("fashion_mnist", "test")
+def test_nothing_found_says_why_the_download_failed():
+    # No mirror at all here (the autouse fixture empties them): the error says so.
+    with pytest.raises(data.DataNotFoundError, match="download failed: .*no mirrors"):
+        data.load("mnist", "test")
 
 
-def test_mnist_not_found_without_a_data_dir(dirs, monkeypatch):
-    monkeypatch.delenv("INVARIANCE_DATA_DIR")
+def test_mnist_not_found_without_a_data_dir():
     with pytest.raises(data.DataNotFoundError) as info:
         data.load("mnist", "test", download=False)
     message = str(info.value)
-    assert "INVARIANCE_DATA_DIR" in message and "apt-get" not in message and "(3)" not in message
+    assert "INVARIANCE_DATA_DIR" in message and "apt-get" not in message and "(4)" not in message
 
 
-def test_cifar10_not_found_offline(dirs):
-    with pytest.raises(data.DataNotFoundError, match=r"CIFAR-10 \(cifar10\) not found"):
+def test_cifar10_not_found_offline():
+    with pytest.raises(data.DataNotFoundError, match=r"CIFAR-10 \(cifar10\) not found") as info:
         data.load("cifar10", "train", download=False)
+    assert "cifar-10-python.tar.gz" in str(info.value)
 
 
 # Names, splits and options.
@@ -337,26 +501,60 @@ def test_synthetic_classes_are_separable_whatever_the_position():
     assert accuracy > 0.9, accuracy  # 0.996 as written.
 
 
-# The real Fashion-MNIST, from the Debian package.
+# The real Fashion-MNIST, from the shipped copy.
 
 
-def test_real_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
-    if not all((FASHION_DIR / name).is_file() for name in data._idx.ALL_FILES):
-        pytest.skip(
-            "Debian package dataset-fashion-mnist not installed: "
-            "apt-get install dataset-fashion-mnist"
-        )
-    monkeypatch.delenv("INVARIANCE_DATA_DIR", raising=False)
-    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path / "cache"))
-    x_train, y_train = data.load("fashion_mnist", "train")
-    x_test, y_test = data.load("fashion_mnist", "test")
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    from invariance import _paths
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("INVARIANCE_CACHE_DIR")
+    assert _paths.cache_dir() == tmp_path / "home" / ".cache" / "invariance"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _paths.cache_dir() == tmp_path / "xdg" / "invariance"
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path / "mine"))
+    assert _paths.cache_dir() == tmp_path / "mine"
+    assert _paths.package_dir("data", "files") == SHIPPED_DIR.parent
+
+
+def test_search_order_is_one_documented_list():
+    steps = [step for step, _ in data.SEARCH_ORDER]
+    assert steps == ["data_dir", "cache", "shipped", "debian", "download"]
+    doc = data.__doc__
+    marks = ["1. ``data_dir``", "2. The array cache", "3. The shipped", "4. The Debian", "5. A"]
+    assert all(m in doc for m in marks)
+    assert [doc.index(m) for m in marks] == sorted(doc.index(m) for m in marks)
+
+
+def test_shipped_copy_has_the_published_content():
+    assert REAL_LOCAL_COPIES["fashion_mnist"][0] == ("the shipped copy", SHIPPED_DIR)
+    assert _sources.check_contents("fashion_mnist", SHIPPED_DIR) is None
+    for line in (SHIPPED_DIR / "SOURCE.md").read_text().splitlines():  # The note agrees.
+        for stem, sha in _sources.CONTENTS["fashion_mnist"].items():
+            if line.startswith(f"| `{stem}.gz`"):
+                assert sha in line
+    assert "MIT License" in (SHIPPED_DIR / "LICENSE").read_text()
+
+
+def test_debian_package_has_the_published_content():
+    if not DEBIAN_DIR.is_dir():
+        pytest.skip("Debian package dataset-fashion-mnist not installed (optional source)")
+    assert _sources.check_contents("fashion_mnist", DEBIAN_DIR) is None
+
+
+def test_real_fashion_mnist_from_the_shipped_copy(monkeypatch):
+    monkeypatch.setattr(_sources, "LOCAL_COPIES", REAL_LOCAL_COPIES)
+    x_train, y_train = data.load("fashion_mnist", "train", download=False)
+    x_test, y_test = data.load("fashion_mnist", "test", download=False)
     assert x_train.shape == (60000, 28, 28, 1) and x_train.dtype == np.uint8
     assert y_train.shape == (60000,) and y_train.dtype == np.int32
     assert x_test.shape == (10000, 28, 28, 1) and y_test.shape == (10000,)
     np.testing.assert_array_equal(np.bincount(y_train), np.full(10, 6000))
     np.testing.assert_array_equal(np.bincount(y_test), np.full(10, 1000))
     np.testing.assert_array_equal(y_train[:10], [9, 0, 0, 3, 0, 2, 7, 2, 5, 5])  # File order.
+    np.testing.assert_array_equal(y_test[:10], [9, 2, 1, 1, 6, 1, 4, 6, 5, 7])
     start = time.perf_counter()
     x_cached, _ = data.load("fashion_mnist", "train")
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 2.0  # Verified cache hit: ~0.1 s.
     np.testing.assert_array_equal(x_cached, x_train)

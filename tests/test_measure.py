@@ -79,8 +79,8 @@ def gap_net(params, x):
 
 
 def aps_net(params, x):
-    h = pooling.aps_pool(jax.nn.relu(_conv(x, params["c1"])), 2)
-    h = pooling.aps_pool(jax.nn.relu(_conv(h, params["c2"])), 2)
+    h = pooling.aps_pool(jax.nn.relu(_conv(x, params["c1"])), stride=2)
+    h = pooling.aps_pool(jax.nn.relu(_conv(h, params["c2"])), stride=2)
     return jnp.mean(h, axis=(1, 2)) @ params["d"]
 
 
@@ -156,7 +156,7 @@ def test_severity_curve_matches_loop():
         linear,
         LIN,
         x,
-        y,
+        labels=y,
         transform="random_mask",
         severities=ratios,
         key=KEY,
@@ -217,7 +217,7 @@ def test_flip_rates_match_loop():
 
 def test_occlusion_map_shapes_and_values():
     x, y = IMAGES[:5], LABELS[:5]
-    out = measure.occlusion_sensitivity_map(linear, LIN, x, y, size=6, stride=4, fill="mean")
+    out = measure.occlusion_maps(linear, LIN, x, labels=y, size=6, stride=4, fill="mean")
     assert out["p_true"].shape == out["top_class"].shape == (5, 3, 3)
     np.testing.assert_array_equal(out["tops"], [0, 4, 8])
     _check_rows(out["rows"], "occlusion_sensitivity")
@@ -252,7 +252,7 @@ def test_severity_zero_is_identity(transform, zero, options):
         linear,
         LIN,
         IMAGES[:8],
-        LABELS[:8],
+        labels=LABELS[:8],
         transform=transform,
         severities=sev,
         key=KEY,
@@ -268,7 +268,9 @@ def test_severity_zero_is_identity(transform, zero, options):
 def test_zero_shift_is_identity():
     (row,) = measure.shift_consistency(gap_net, GAP, IMAGES[:8], key=KEY, max_shift=0)
     assert row["consistency"] == 1.0
-    out = measure.translation_sensitivity_map(gap_net, GAP, IMAGES[:8], max_shift=0)
+    out = measure.translation_maps(
+        measure.translation_sensitivity_map(gap_net, GAP, IMAGES[:8], max_shift=0)
+    )
     assert out["map"].shape == (1, 1) and out["map"][0, 0] == 0.0
     assert out["cosine_map"][0, 0] == pytest.approx(1.0, abs=1e-6)
 
@@ -308,20 +310,21 @@ def test_equivariance_error_of_circular_convolutions():
 
 
 def test_translation_sensitivity_map_profile():
-    out = measure.translation_sensitivity_map(
+    rows = measure.translation_sensitivity_map(
         gap_features, GAP, IMAGES[:8], max_shift=2, layer="conv1"
     )
+    out = measure.translation_maps(rows)
     assert out["map"].shape == out["cosine_map"].shape == (5, 5)
     np.testing.assert_array_equal(out["radii"], [0, 1, 2, 3])
     radii, profile = metrics.radial_profile(jnp.asarray(out["map"]))
     np.testing.assert_allclose(out["profile"], profile, rtol=1e-6)
     assert out["map"][2, 2] == 0.0 and out["map"][2, 3] > 0.0
-    _check_rows(out["rows"], "translation_sensitivity")
-    cells = [r for r in out["rows"] if r["aggregate"] == "cell"]
+    _check_rows(rows, "translation_sensitivity")
+    cells = [r for r in rows if r["aggregate"] == "cell"]
     assert len(cells) == 25 and cells[0]["layer"] == "conv1"
     # Circular shifts leave globally pooled logits unchanged.
     logits = measure.translation_sensitivity_map(gap_net, GAP, IMAGES[:8], max_shift=2)
-    assert logits["map"].max() < 1e-5
+    assert measure.translation_maps(logits)["map"].max() < 1e-5
 
 
 # ----------------------------------------------------------------------------- chunking
@@ -363,7 +366,13 @@ def test_default_chunk_counts_the_views_of_each_image(monkeypatch):
     assert seen == [2]
     seen.clear()
     measure.severity_curve(
-        net, DENSE, IMAGES, LABELS, transform="gaussian_noise", severities=[0.1, 0.2], key=KEY
+        net,
+        DENSE,
+        IMAGES,
+        labels=LABELS,
+        transform="gaussian_noise",
+        severities=[0.1, 0.2],
+        key=KEY,
     )
     assert set(seen) == {8}  # 2 views / image (and the clean call on the same chunk)
 
@@ -373,10 +382,10 @@ def test_default_chunk_counts_the_transforms_evaluated_at_once(monkeypatch):
     monkeypatch.setitem(_core.MODEL_BATCH, jax.default_backend(), 24)
     net, seen = _recording_net()
     occ = dict(size=8, stride=4)  # 9 positions on 16x16 images
-    measure.occlusion_sensitivity_map(net, DENSE, IMAGES, LABELS, **occ)
+    measure.occlusion_sensitivity_map(net, DENSE, IMAGES, labels=LABELS, **occ)
     assert max(seen) == 2  # 24 // 9
     seen.clear()
-    measure.occlusion_sensitivity_map(net, DENSE, IMAGES, LABELS, transform_batch=3, **occ)
+    measure.occlusion_sensitivity_map(net, DENSE, IMAGES, labels=LABELS, transform_batch=3, **occ)
     assert max(seen) == 8  # 24 // 3
 
 
@@ -404,7 +413,7 @@ CHUNKED = {
         maxpool_net,
         DENSE,
         IMAGES,
-        LABELS,
+        labels=LABELS,
         transform="random_mask",
         severities=[0.1, 0.4],
         key=KEY,
@@ -413,8 +422,8 @@ CHUNKED = {
     "tsm": lambda **kw: measure.translation_sensitivity_map(
         gap_features, GAP, IMAGES, max_shift=1, layer="conv2", transform_batch=4, **kw
     ),
-    "occlusion": lambda **kw: measure.occlusion_sensitivity_map(
-        maxpool_net, DENSE, IMAGES, LABELS, size=8, stride=4, **kw
+    "occlusion": lambda **kw: measure.occlusion_maps(
+        maxpool_net, DENSE, IMAGES, labels=LABELS, size=8, stride=4, **kw
     ),
     "layers": lambda **kw: measure.layer_stability(
         gap_features, GAP, IMAGES, transform="gaussian_noise", severity=0.2, key=KEY, **kw
@@ -448,7 +457,7 @@ def test_spatial_grid_tiny():
         maxpool_net,
         DENSE,
         IMAGES[:16],
-        LABELS[:16],
+        labels=LABELS[:16],
         max_shift=2,
         max_angle=20,
         num_shifts=3,
@@ -464,17 +473,6 @@ def test_spatial_grid_tiny():
     assert summary["worst_case_accuracy"] <= summary["accuracy"]
     identity = next(p for p in points if (p["dy"], p["dx"], p["angle"]) == (0.0, 0.0, 0.0))
     assert identity["accuracy"] == summary["clean_accuracy"]
-
-
-def test_rotate_translate_reference_cases():
-    x = jnp.asarray(IMAGES[0])
-    out = _core.rotate_translate(x, dy=2.0, dx=-3.0, degrees=0.0)
-    np.testing.assert_array_equal(out, T.translate(x, dy=2, dx=-3, mode="constant"))
-    half = _core.rotate_translate(x, dy=0.0, dx=0.5, degrees=0.0)
-    np.testing.assert_allclose(half[:, 1:], (x[:, 1:] + x[:, :-1]) / 2, rtol=1e-6)
-    np.testing.assert_allclose(half[:, 0], x[:, 0] / 2, rtol=1e-6)
-    quarter = _core.rotate_translate(x, dy=0.0, dx=0.0, degrees=90.0)
-    np.testing.assert_allclose(quarter, np.rot90(x, axes=(0, 1)), atol=1e-5)
 
 
 def test_layer_stability_rows():
@@ -498,9 +496,11 @@ def test_layer_stability_rows():
 def test_pooling_stability_rows():
     x = IMAGES[:8]
     rows = measure.pooling_stability(
+        None,
+        None,
         x,
-        "random_mask",
-        ["max", "avg"],
+        transform="random_mask",
+        kinds=["max", "avg"],
         key=KEY,
         severity=0.3,
         pool_options={"avg": {"window": 4}},
@@ -516,9 +516,11 @@ def test_pooling_stability_rows():
     assert json.loads(rows[2]["pool_options"]) == {"window": 4}
     assert all(r["input_relative_l2"] == rows[0]["relative_l2"] for r in rows)
     stoch = measure.pooling_stability(
+        None,
+        None,
         x,
-        "gaussian_noise",
-        ["stochastic"],
+        transform="gaussian_noise",
+        kinds=["stochastic"],
         key=KEY,
         severity=0.0,
         pool_options={"stochastic": {"train": True}},
@@ -529,13 +531,13 @@ def test_pooling_stability_rows():
 def test_uint8_images_are_scaled():
     u8 = np.random.default_rng(3).integers(0, 256, (8, H, W, CH), dtype=np.uint8)
     a = measure.severity_curve(
-        linear, LIN, u8, LABELS[:8], transform="rotate", severities=[10.0], key=KEY
+        linear, LIN, u8, labels=LABELS[:8], transform="rotate", severities=[10.0], key=KEY
     )
     b = measure.severity_curve(
         linear,
         LIN,
         u8.astype(np.float32) / 255,
-        LABELS[:8],
+        labels=LABELS[:8],
         transform="rotate",
         severities=[10.0],
         key=KEY,
@@ -558,7 +560,7 @@ def _sc(**kw):
 
 def _sev(**kw):
     kw = {"transform": "random_mask", "severities": [0.1], "key": KEY, **kw}
-    return measure.severity_curve(linear, LIN, IMAGES[:4], LABELS[:4], **kw)
+    return measure.severity_curve(linear, LIN, IMAGES[:4], labels=LABELS[:4], **kw)
 
 
 ERRORS = [
@@ -598,16 +600,20 @@ ERRORS = [
     ),
     (
         lambda: measure.spatial_grid_accuracy(
-            linear, LIN, IMAGES[:4], LABELS[:4], transform_batch=0
+            linear, LIN, IMAGES[:4], labels=LABELS[:4], transform_batch=0
         ),
         "transform_batch must be an int >= 1",
     ),
     (
-        lambda: measure.occlusion_sensitivity_map(linear, LIN, IMAGES[:4], LABELS[:4], stride=0),
+        lambda: measure.occlusion_sensitivity_map(
+            linear, LIN, IMAGES[:4], labels=LABELS[:4], stride=0
+        ),
         "stride must be an int >= 1",
     ),
     (
-        lambda: measure.pooling_stability(IMAGES[:4], "rotate", [], key=KEY, severity=5),
+        lambda: measure.pooling_stability(
+            None, None, IMAGES[:4], transform="rotate", kinds=[], key=KEY, severity=5
+        ),
         "kinds must be a non-empty list",
     ),
     (lambda: measure.one_pixel_flip_rate(linear, LIN, IMAGES[:4], max_offset=0), "max_offset"),
@@ -618,11 +624,15 @@ ERRORS = [
     ),
     (lambda: measure.cifar_p_flip_rate(linear, LIN, IMAGES[:4], direction="up"), "direction must"),
     (
-        lambda: measure.spatial_grid_accuracy(linear, LIN, IMAGES[:4], LABELS[:4], num_angles=0),
+        lambda: measure.spatial_grid_accuracy(
+            linear, LIN, IMAGES[:4], labels=LABELS[:4], num_angles=0
+        ),
         "num_angles must be an int >= 1",
     ),
     (
-        lambda: measure.spatial_grid_accuracy(linear, LIN, IMAGES[:4], LABELS[:4], max_shift=-1),
+        lambda: measure.spatial_grid_accuracy(
+            linear, LIN, IMAGES[:4], labels=LABELS[:4], max_shift=-1
+        ),
         "max_shift must be a finite number >= 0",
     ),
     (
@@ -660,31 +670,46 @@ ERRORS = [
         "features_fn must return a non-empty dict",
     ),
     (
-        lambda: measure.pooling_stability(IMAGES[:4], "rotate", ["median"], key=KEY, severity=5),
+        lambda: measure.pooling_stability(
+            None, None, IMAGES[:4], transform="rotate", kinds=["median"], key=KEY, severity=5
+        ),
         "kind must be one of",
     ),
     (
         lambda: measure.pooling_stability(
-            IMAGES[:4], "rotate", ["max", "max"], key=KEY, severity=5
+            None, None, IMAGES[:4], transform="rotate", kinds=["max", "max"], key=KEY, severity=5
         ),
         "kinds must not repeat",
     ),
     (
         lambda: measure.pooling_stability(
-            IMAGES[:4], "rotate", ["max"], key=KEY, severity=5, pool_options={"avg": {}}
+            None,
+            None,
+            IMAGES[:4],
+            transform="rotate",
+            kinds=["max"],
+            key=KEY,
+            severity=5,
+            pool_options={"avg": {}},
         ),
         "pool_options has kinds",
     ),
     (
-        lambda: measure.pooling_stability(IMAGES[:4], "rotate", ["max"], key=KEY, severity=[1, 2]),
+        lambda: measure.pooling_stability(
+            None, None, IMAGES[:4], transform="rotate", kinds=["max"], key=KEY, severity=[1, 2]
+        ),
         "severity must be a single number",
     ),
     (
-        lambda: measure.occlusion_sensitivity_map(linear, LIN, IMAGES[:4], LABELS[:4], size=17),
+        lambda: measure.occlusion_sensitivity_map(
+            linear, LIN, IMAGES[:4], labels=LABELS[:4], size=17
+        ),
         "size must be <= min",
     ),
     (
-        lambda: measure.occlusion_sensitivity_map(linear, LIN, IMAGES[:4], LABELS[:4], fill="max"),
+        lambda: measure.occlusion_sensitivity_map(
+            linear, LIN, IMAGES[:4], labels=LABELS[:4], fill="max"
+        ),
         "fill must be one of \\['mean'\\]",
     ),
 ]

@@ -265,41 +265,28 @@ _PAIRS = (consistency, top1_change, mean_abs_change, relative_l2, cosine_similar
 
 
 @pytest.mark.parametrize("f", _PAIRS, ids=lambda f: f.__name__)
-def test_pair_metrics_jit_and_vmap(f):
+def test_pair_metrics_jit_and_vmap(f, check_jit_vmap):
     a, b = _logits(13, (4, 16, 5)), _logits(14, (4, 16, 5))
-    eager = np.stack([np.asarray(f(a[i], b[i])) for i in range(4)])
-    np.testing.assert_allclose(jax.jit(f)(a[0], b[0]), eager[0], rtol=1e-6)
-    np.testing.assert_allclose(jax.vmap(f)(a, b), eager, rtol=1e-6)
+    check_jit_vmap(f, a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_other_metrics_jit_and_vmap():
+def test_other_metrics_jit_and_vmap(check_jit_vmap):
     logits, labels = _logits(15, (3, 20, 4)), np.random.default_rng(16).integers(0, 4, (3, 20))
-    loop = [accuracy(logits[i], labels[i]) for i in range(3)]
-    np.testing.assert_allclose(jax.vmap(accuracy)(logits, labels), loop)
+    loop = check_jit_vmap(accuracy, logits, labels, rtol=1e-6)
     np.testing.assert_allclose(jax.jit(accuracy)(logits, labels), np.mean(loop), rtol=1e-6)
 
     seq = _logits(17, (3, 5, 8, 4))
-    loop = [flip_rate(seq[i]) for i in range(3)]
-    np.testing.assert_allclose(jax.vmap(flip_rate)(seq), loop)
-    np.testing.assert_allclose(
-        jax.jit(flip_rate, static_argnames="axis")(seq[0], axis=0), flip_rate(seq[0], axis=0)
-    )
+    check_jit_vmap(flip_rate, seq, rtol=1e-6)
+    check_jit_vmap(lambda s: flip_rate(s, axis=0), seq, rtol=1e-6)
 
     maps = _logits(18, (2, 5, 5))
-    radii, values = jax.jit(radial_profile)(maps)
-    np.testing.assert_array_equal(radii, radial_profile(maps)[0])
+    radii, values = check_jit_vmap(radial_profile, maps, rtol=1e-6)
+    np.testing.assert_array_equal(radii[0], radial_profile(maps)[0])
     np.testing.assert_allclose(values, radial_profile(maps)[1], rtol=1e-6)
-    _, vvalues = jax.vmap(radial_profile)(maps)
-    np.testing.assert_allclose(vvalues, values, rtol=1e-6)
 
     clean, traj = _logits(19, (2, 50, 3)), _logits(20, (2, 50, 4, 3))
-    loop = [invariance_score(clean[i], traj[i], rate=0.1) for i in range(2)]
-    np.testing.assert_allclose(
-        jax.jit(invariance_score)(clean[0], traj[0]), invariance_score(clean[0], traj[0]), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        jax.vmap(lambda c, t: invariance_score(c, t, rate=0.1))(clean, traj), loop, rtol=1e-6
-    )
+    check_jit_vmap(lambda c, t: invariance_score(c, t, rate=0.1), clean, traj, rtol=1e-6)
+    check_jit_vmap(invariance_score, clean, traj, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -74,13 +74,13 @@ def test_pool_kinds_cover_the_library():
         ("max", {}, lambda x: P.max_pool(x, 2)),
         ("min", {}, lambda x: P.min_pool(x, 2)),
         ("avg", {}, lambda x: P.avg_pool(x, 2)),
-        ("lp", {"p": 3}, lambda x: P.lp_pool(x, 3, 2)),
-        ("stochastic", {}, lambda x: P.stochastic_pool(None, x, 2, train=False)),
-        ("mixed", {"alpha": 0.25}, lambda x: P.mixed_pool(x, 0.25, 2)),
-        ("blur", {"filter_size": 4}, lambda x: P.blur_pool(x, 4, 2)),
-        ("max_blur", {}, lambda x: P.max_blur_pool(x, 2, 3, 2)),
-        ("aps", {"filter_size": 3}, lambda x: P.aps_pool(x, 2, filter_size=3)),
-        ("global_avg", {}, lambda x: P.global_pool(x, "avg")),
+        ("lp", {"p": 3}, lambda x: P.lp_pool(x, 2, p=3)),
+        ("stochastic", {}, lambda x: P.stochastic_pool(x, 2, train=False)),
+        ("mixed", {"alpha": 0.25}, lambda x: P.mixed_pool(x, 2, alpha=0.25)),
+        ("blur", {"filter_size": 4}, lambda x: P.blur_pool(x, filter_size=4, stride=2)),
+        ("max_blur", {}, lambda x: P.max_blur_pool(x, 2, filter_size=3, stride=2)),
+        ("aps", {"filter_size": 3}, lambda x: P.aps_pool(x, stride=2, filter_size=3)),
+        ("global_avg", {}, lambda x: P.global_pool(x, kind="avg")),
         ("none", {}, lambda x: x),
     ],
 )
@@ -96,7 +96,7 @@ def test_pool_mixed_starts_at_half_and_strided_conv_is_a_conv():
     mixed = M.Pool("mixed")
     v = mixed.init(KEY, x)
     assert v["params"]["alpha_logit"].shape == (3,)
-    np.testing.assert_allclose(mixed.apply(v, x), P.mixed_pool(x, 0.5, 2), rtol=1e-6)
+    np.testing.assert_allclose(mixed.apply(v, x), P.mixed_pool(x, 2, alpha=0.5), rtol=1e-6)
     conv = M.Pool("strided_conv", window=3, stride=2, options={"features": 5})
     v = conv.init(KEY, x)
     assert v["params"]["conv"]["kernel"].shape == (3, 3, 3, 5)
@@ -127,8 +127,8 @@ def test_pool_errors_are_one_line():
 def test_aps_with_index_matches_aps_pool_and_reuses_an_index():
     x = _images((3, 6, 6, 4))
     for norm, filter_size in [("l2", 1), ("l1", 3), ("linf", 2)]:
-        y, idx = P.aps_pool_with_index(x, 2, norm, filter_size=filter_size)
-        np.testing.assert_allclose(y, P.aps_pool(x, 2, norm, filter_size=filter_size))
+        y, idx = P.aps_pool_with_index(x, stride=2, norm=norm, filter_size=filter_size)
+        np.testing.assert_allclose(y, P.aps_pool(x, stride=2, norm=norm, filter_size=filter_size))
         assert idx.shape == (3,)
     forced = jnp.array([0, 1, 3])
     y, idx = P.aps_pool_with_index(x, index=forced)
@@ -274,7 +274,7 @@ def test_probe_shapes(pool, out_hw, names):
     assert feats["conv1"].shape == (2, 27, 27, 8)
     if pool == "max":
         assert feats["pool1"].shape == (2, 26, 26, 8)
-        np.testing.assert_array_equal(feats["pool1"], P.max_pool(feats["conv1"], 2, 1))
+        np.testing.assert_array_equal(feats["pool1"], P.max_pool(feats["conv1"], 2, stride=1))
     assert bool(jnp.all(out >= 0))  # ReLU after the last conv
 
 
@@ -434,3 +434,13 @@ def test_batch_equals_one_example_at_a_time():
     batched = f(x)
     one_by_one = jnp.concatenate([f(x[i : i + 1]) for i in range(3)])
     np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+def test_models_still_take_their_images_and_any_size_with_a_gap_head():
+    # The wrong-shape checks (tests/test_faults_api.py) refuse only what the parameters cannot
+    # take: a convolutional model with a GAP head runs on any size.
+    model = M.create_model("small_cnn", widths=(4, 8), head="gap")
+    variables = jax.eval_shape(lambda: M.init_model(model, jax.random.key(0), (1, 28, 28, 1)))
+    for shape in [(2, 28, 28, 1), (2, 32, 32, 1)]:
+        out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+        assert out.shape == (2, 10)

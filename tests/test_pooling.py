@@ -80,8 +80,8 @@ def test_seed_001_worked_example():
     # The seed prints "GAP = ... = 160/16 = 9.375": the sum is 160 but 160/16 is 10.0, and
     # 9.375 would need a sum of 150. The right global average is 10.0.
     assert float(SEED_001.sum()) == 160.0
-    np.testing.assert_allclose(P.global_pool(fm, "avg"), [10.0])
-    assert float(P.global_pool(fm, "avg")[0]) != 9.375
+    np.testing.assert_allclose(P.global_pool(fm, kind="avg"), [10.0])
+    assert float(P.global_pool(fm, kind="avg")[0]) != 9.375
     # Exercise 1: 3x3 max pooling, stride 3: one position fits, max of the top-left 3x3 = 20.
     np.testing.assert_array_equal(P.max_pool(fm, 3)[..., 0], [[20]])
     # "Shift the 20 from (0,1) to (1,0): the max pool output is still 20."
@@ -97,8 +97,10 @@ def test_seed_001_worked_example():
 
 def test_seed_003_worked_example():
     fm = jnp.asarray(SEED_003)[None, ..., None]  # batch of one, as the seed's torch example
-    np.testing.assert_array_equal(P.max_pool(fm, 2, 2)[0, ..., 0], [[6, 8], [14, 16]])
-    np.testing.assert_array_equal(P.avg_pool(fm, 2, 2)[0, ..., 0], [[3.5, 5.5], [11.5, 13.5]])
+    np.testing.assert_array_equal(P.max_pool(fm, 2, stride=2)[0, ..., 0], [[6, 8], [14, 16]])
+    np.testing.assert_array_equal(
+        P.avg_pool(fm, 2, stride=2)[0, ..., 0], [[3.5, 5.5], [11.5, 13.5]]
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -171,7 +173,7 @@ def test_against_flax_linen(kw):
 def test_max_grad_goes_to_first_max_like_torch(k, s):
     # Many ties: ReLU of coarse integers, where several window elements are 0 or equal.
     x = np.maximum(_rng(4).integers(-2, 3, size=(7, 7, 3)), 0).astype(np.float32)
-    out, vjp = jax.vjp(lambda a: P.max_pool(a, k, s), jnp.asarray(x))
+    out, vjp = jax.vjp(lambda a: P.max_pool(a, k, stride=s), jnp.asarray(x))
     g = _rng(5).normal(size=out.shape).astype(np.float32)
     (dx,) = vjp(jnp.asarray(g))
     np.testing.assert_allclose(dx, ref_max_grad(x, g, k, s), rtol=1e-6, atol=1e-6)
@@ -179,9 +181,9 @@ def test_max_grad_goes_to_first_max_like_torch(k, s):
 
 def test_global_max_grad_goes_to_first_max():
     x = jnp.asarray([[0.0, 2.0], [2.0, 1.0]])[None, :, :, None]
-    dx = jax.grad(lambda a: P.global_pool(a, "max").sum())(x)
+    dx = jax.grad(lambda a: P.global_pool(a, kind="max").sum())(x)
     np.testing.assert_array_equal(dx[0, ..., 0], [[0, 1], [0, 0]])
-    dmin = jax.grad(lambda a: P.global_pool(a, "min").sum())(jnp.zeros((3, 3, 1)))
+    dmin = jax.grad(lambda a: P.global_pool(a, kind="min").sum())(jnp.zeros((3, 3, 1)))
     np.testing.assert_array_equal(dmin[..., 0], [[1, 0, 0], [0, 0, 0], [0, 0, 0]])
 
 
@@ -207,16 +209,16 @@ def test_max_grad_with_padding_and_uncovered_rows():
     "fn",
     [
         lambda x: P.max_pool(x, 2),
-        lambda x: P.max_pool(x, 3, 2, padding=1),
-        lambda x: P.min_pool(x, 2, 1),
-        lambda x: P.avg_pool(x, 3, 2, padding=1, count_include_pad=False),
-        lambda x: P.lp_pool(x + 0.5, 2.0, 2),
-        lambda x: P.mixed_pool(x, 0.3, 2),
-        lambda x: P.blur_pool(x, 4),
+        lambda x: P.max_pool(x, 3, stride=2, padding=1),
+        lambda x: P.min_pool(x, 2, stride=1),
+        lambda x: P.avg_pool(x, 3, stride=2, padding=1, count_include_pad=False),
+        lambda x: P.lp_pool(x + 0.5, 2, p=2.0),
+        lambda x: P.mixed_pool(x, 2, alpha=0.3),
+        lambda x: P.blur_pool(x, filter_size=4),
         lambda x: P.max_blur_pool(x),
         lambda x: P.aps_pool(x),
-        lambda x: P.global_pool(x, "max"),
-        lambda x: P.stochastic_pool(None, x + 0.1, 2, train=False),
+        lambda x: P.global_pool(x, kind="max"),
+        lambda x: P.stochastic_pool(x + 0.1, 2, train=False),
     ],
 )
 def test_check_grads(fn):
@@ -258,8 +260,8 @@ def test_jit_equals_eager_and_vmap_equals_loop(kind, kw):
     if kind == "stochastic":  # one key per image under vmap is the natural batched use
         keys = jax.random.split(kw["key"], 3)
         opts = {k: v for k, v in kw.items() if k != "key"}
-        vm = jax.vmap(lambda k, a: P.stochastic_pool(k, a, **opts))(keys, x)
-        loop = jnp.stack([P.stochastic_pool(keys[i], x[i], **opts) for i in range(3)])
+        vm = jax.vmap(lambda k, a: P.stochastic_pool(a, key=k, **opts))(keys, x)
+        loop = jnp.stack([P.stochastic_pool(x[i], key=keys[i], **opts) for i in range(3)])
     else:
         vm = jax.vmap(lambda a: P.pool(a, kind, **kw))(x)
         loop = jnp.stack([P.pool(x[i], kind, **kw) for i in range(3)])
@@ -278,17 +280,19 @@ def test_lp_pool_definition():
     x = np.abs(_rng(9).normal(size=(6, 6, 2))).astype(np.float32)
     for p in (1.0, 2.0, 3.5):
         want = ref_pool(x**p, 2, mode="avg") * 4
-        np.testing.assert_allclose(P.lp_pool(jnp.asarray(x), p, 2), want ** (1 / p), rtol=1e-5)
-    np.testing.assert_allclose(P.lp_pool(jnp.asarray(x), 64.0, 2), ref_pool(x, 2), rtol=0.05)
-    assert float(jax.grad(lambda a: P.lp_pool(a, 2.0, 2).sum())(jnp.zeros((2, 2, 1))).sum()) == 0.0
+        np.testing.assert_allclose(P.lp_pool(jnp.asarray(x), 2, p=p), want ** (1 / p), rtol=1e-5)
+    np.testing.assert_allclose(P.lp_pool(jnp.asarray(x), 2, p=64.0), ref_pool(x, 2), rtol=0.05)
+    assert (
+        float(jax.grad(lambda a: P.lp_pool(a, 2, p=2.0).sum())(jnp.zeros((2, 2, 1))).sum()) == 0.0
+    )
 
 
 def test_mixed_pool_endpoints_and_per_channel():
     x = jnp.asarray(_rng(10).normal(size=(6, 6, 3)), jnp.float32)
-    np.testing.assert_allclose(P.mixed_pool(x, 1.0, 2), P.max_pool(x, 2), rtol=1e-6)
-    np.testing.assert_allclose(P.mixed_pool(x, 0.0, 2), P.avg_pool(x, 2), rtol=1e-6)
+    np.testing.assert_allclose(P.mixed_pool(x, 2, alpha=1.0), P.max_pool(x, 2), rtol=1e-6)
+    np.testing.assert_allclose(P.mixed_pool(x, 2, alpha=0.0), P.avg_pool(x, 2), rtol=1e-6)
     a = jnp.array([0.0, 0.5, 1.0])
-    got = P.mixed_pool(x, a, 2)
+    got = P.mixed_pool(x, 2, alpha=a)
     np.testing.assert_allclose(got[..., 0], P.avg_pool(x, 2)[..., 0], rtol=1e-6)
     np.testing.assert_allclose(got[..., 2], P.max_pool(x, 2)[..., 2], rtol=1e-6)
     mid = 0.5 * (P.max_pool(x, 2) + P.avg_pool(x, 2))
@@ -297,21 +301,21 @@ def test_mixed_pool_endpoints_and_per_channel():
 
 def test_stochastic_pool_eval_is_probability_weighted_average():
     x = np.abs(_rng(11).normal(size=(4, 4, 2))).astype(np.float32)
-    got = P.stochastic_pool(None, jnp.asarray(x), 2, train=False)
+    got = P.stochastic_pool(jnp.asarray(x), 2, train=False)
     want = ref_pool(x**2, 2, mode="avg") / ref_pool(x, 2, mode="avg")  # sum a^2 / sum a
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert float(P.stochastic_pool(None, jnp.zeros((2, 2, 1)), 2, train=False).sum()) == 0.0
+    assert float(P.stochastic_pool(jnp.zeros((2, 2, 1)), 2, train=False).sum()) == 0.0
 
 
 def test_stochastic_pool_samples_with_activation_probabilities():
     window = np.array([1.0, 2.0, 3.0, 4.0], np.float32).reshape(2, 2, 1)
     x = jnp.broadcast_to(jnp.asarray(window), (4000, 2, 2, 1))
     keys = jax.random.split(jax.random.key(0), 4000)
-    draws = np.asarray(jax.vmap(lambda k, a: P.stochastic_pool(k, a, 2))(keys, x)).ravel()
+    draws = np.asarray(jax.vmap(lambda k, a: P.stochastic_pool(a, 2, key=k))(keys, x)).ravel()
     freq = np.array([(draws == v).mean() for v in (1, 2, 3, 4)])
     np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.03)
     assert set(np.unique(draws)) <= {1.0, 2.0, 3.0, 4.0}
-    zero = P.stochastic_pool(jax.random.key(1), jnp.zeros((2, 2, 1)), 2)
+    zero = P.stochastic_pool(jnp.zeros((2, 2, 1)), 2, key=jax.random.key(1))
     assert float(zero.sum()) == 0.0
 
 
@@ -336,22 +340,22 @@ def ref_blur(x, k, s, mode):
 @pytest.mark.parametrize("mode", ["reflect", "constant", "circular"])
 def test_blur_pool_against_loop(k, mode):
     x = _rng(12).normal(size=(9, 8, 2)).astype(np.float32)
-    got = P.blur_pool(jnp.asarray(x), k, 2, mode)
+    got = P.blur_pool(jnp.asarray(x), filter_size=k, stride=2, pad_mode=mode)
     np.testing.assert_allclose(got, ref_blur(x, k, 2, mode), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(P.binomial_filter(k).sum(), 1.0)
 
 
 def test_blur_pool_size_one_is_subsampling_and_constant_stays_constant():
     x = jnp.asarray(_rng(13).normal(size=(2, 7, 7, 3)), jnp.float32)
-    np.testing.assert_array_equal(P.blur_pool(x, 1, 2), x[:, ::2, ::2, :])
-    c = P.blur_pool(jnp.full((8, 8, 1), 3.0), 5, 2)
+    np.testing.assert_array_equal(P.blur_pool(x, filter_size=1, stride=2), x[:, ::2, ::2, :])
+    c = P.blur_pool(jnp.full((8, 8, 1), 3.0), filter_size=5, stride=2)
     np.testing.assert_allclose(c, 3.0, rtol=1e-6)
 
 
 def test_max_blur_pool_is_dense_max_then_blur():
     x = jnp.asarray(_rng(14).normal(size=(10, 10, 2)), jnp.float32)
-    want = P.blur_pool(P.max_pool(x, 2, 1), 3, 2)
-    np.testing.assert_allclose(P.max_blur_pool(x, 2, 3, 2), want, rtol=1e-6)
+    want = P.blur_pool(P.max_pool(x, 2, stride=1), filter_size=3, stride=2)
+    np.testing.assert_allclose(P.max_blur_pool(x, 2, filter_size=3, stride=2), want, rtol=1e-6)
     assert P.max_blur_pool(x).shape == (5, 5, 2)
 
 
@@ -366,19 +370,19 @@ def test_aps_picks_largest_norm_component_per_example():
 
 def test_aps_pool_with_index_returns_and_takes_the_component_over_leading_dims():
     x = jnp.asarray(_rng(17).normal(size=(2, 3, 6, 6, 2)).astype(np.float32))
-    y, idx = P.aps_pool_with_index(x, 3, "linf")
+    y, idx = P.aps_pool_with_index(x, stride=3, norm="linf")
     assert idx.shape == (2, 3) and jnp.issubdtype(idx.dtype, jnp.integer)
-    np.testing.assert_array_equal(y, P.aps_pool(x, 3, "linf"))
+    np.testing.assert_array_equal(y, P.aps_pool(x, stride=3, norm="linf"))
     xn = np.asarray(x)
     for b, c in np.ndindex(2, 3):
         i, j = divmod(int(idx[b, c]), 3)
         np.testing.assert_array_equal(y[b, c], xn[b, c, i::3, j::3])
     forced = jnp.full((2, 3), 8, jnp.int32)  # the last component, (i, j) = (2, 2)
-    y8, idx8 = P.aps_pool_with_index(x, 3, index=forced)
+    y8, idx8 = P.aps_pool_with_index(x, stride=3, index=forced)
     np.testing.assert_array_equal(idx8, forced)
     np.testing.assert_array_equal(y8, xn[..., 2::3, 2::3, :])
     # Under jit the index is traced: its shape is checked, its values cannot be.
-    jitted = jax.jit(lambda x, i: P.aps_pool_with_index(x, 3, index=i)[0])
+    jitted = jax.jit(lambda x, i: P.aps_pool_with_index(x, stride=3, index=i)[0])
     np.testing.assert_array_equal(jitted(x, forced), y8)
 
 
@@ -394,7 +398,7 @@ def test_aps_pool_with_index_returns_and_takes_the_component_over_leading_dims()
 def test_aps_pool_with_index_rejects_a_bad_index(index, message):
     x = jnp.zeros((2, 3, 4, 4, 1))
     with pytest.raises(ValueError, match=message):
-        P.aps_pool_with_index(x, 2, index=index)
+        P.aps_pool_with_index(x, stride=2, index=index)
 
 
 def test_aps_odd_size_is_padded_circularly():
@@ -444,9 +448,11 @@ def test_global_pooling_exactly_invariant_to_circular_shifts(seed, dy, dx):
     x = jnp.asarray(_rng(seed).normal(size=(2, 7, 6, 3)), jnp.float32)
     xs = jnp.roll(x, (dy, dx), axis=(1, 2))
     for kind in ("max", "min"):
-        np.testing.assert_array_equal(P.global_pool(xs, kind), P.global_pool(x, kind))
+        np.testing.assert_array_equal(P.global_pool(xs, kind=kind), P.global_pool(x, kind=kind))
     # Exact in exact arithmetic; float32 sums in another order differ in the last bits.
-    np.testing.assert_allclose(P.global_pool(xs, "avg"), P.global_pool(x, "avg"), atol=1e-6)
+    np.testing.assert_allclose(
+        P.global_pool(xs, kind="avg"), P.global_pool(x, kind="avg"), atol=1e-6
+    )
 
 
 @given(
@@ -459,8 +465,8 @@ def test_global_pooling_exactly_invariant_to_circular_shifts(seed, dy, dx):
 def test_aps_output_shifts_circularly_with_its_input(seed, dy, dx, stride, norm):
     size = 4 * stride
     x = jnp.asarray(_rng(seed).normal(size=(2, size, size, 3)), jnp.float32)
-    y = P.aps_pool(x, stride, norm)
-    ys = P.aps_pool(jnp.roll(x, (dy, dx), axis=(1, 2)), stride, norm)
+    y = P.aps_pool(x, stride=stride, norm=norm)
+    ys = P.aps_pool(jnp.roll(x, (dy, dx), axis=(1, 2)), stride=stride, norm=norm)
     # The output equals the original output circularly shifted by some (a, b).
     for b in range(2):
         found = any(
@@ -485,7 +491,7 @@ def test_against_torch_semantics():
     g = _rng(18).normal(size=(2, 3, 5, 5)).astype(np.float32)
     yt = F.max_pool2d(xt, 3, 2, padding=1)
     yt.backward(torch.tensor(g))
-    y, vjp = jax.vjp(lambda a: P.max_pool(a, 3, 2, 1), jnp.asarray(x))
+    y, vjp = jax.vjp(lambda a: P.max_pool(a, 3, stride=2, padding=1), jnp.asarray(x))
     np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-6)
     (dx,) = vjp(jnp.asarray(g.transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
@@ -495,12 +501,15 @@ def test_against_torch_semantics():
         return t.numpy().transpose(0, 2, 3, 1)
 
     np.testing.assert_allclose(
-        P.avg_pool(jnp.asarray(x), 3, 2, 1, count_include_pad=False),
+        P.avg_pool(jnp.asarray(x), 3, stride=2, padding=1, count_include_pad=False),
         nhwc(F.avg_pool2d(xa, 3, 2, 1, count_include_pad=False)),
         rtol=1e-5,
     )
     np.testing.assert_allclose(
-        P.lp_pool(jnp.asarray(x), 2.0, 3, 2), nhwc(F.lp_pool2d(xa, 2.0, 3, 2)), rtol=1e-5, atol=1e-6
+        P.lp_pool(jnp.asarray(x), 3, p=2.0, stride=2),
+        nhwc(F.lp_pool2d(xa, 2.0, 3, 2)),
+        rtol=1e-5,
+        atol=1e-6,
     )
     # adobe/antialiased-cnns BlurPool: reflect pad then depthwise conv with the binomial filter.
     for k in (2, 3, 5):
@@ -509,7 +518,9 @@ def test_against_torch_semantics():
         lo, hi = (k - 1) // 2, k // 2
         xp = F.pad(xa, (lo, hi, lo, hi), mode="reflect")
         want = F.conv2d(xp, f[None, None].repeat(3, 1, 1, 1), stride=2, groups=3)
-        np.testing.assert_allclose(P.blur_pool(jnp.asarray(x), k), nhwc(want), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            P.blur_pool(jnp.asarray(x), filter_size=k), nhwc(want), rtol=1e-5, atol=1e-6
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -521,20 +532,20 @@ def test_against_torch_semantics():
     [
         (lambda x: P.pool(x, "median", window=2), "unknown pooling kind 'median': valid are max"),
         (lambda x: P.max_pool(x, 9), "larger than the padded input"),
-        (lambda x: P.avg_pool(x, 2, 0), "stride must be >= 1"),
+        (lambda x: P.avg_pool(x, 2, stride=0), "stride must be >= 1"),
         (lambda x: P.max_pool(x, 0), "window must be >= 1"),
-        (lambda x: P.mixed_pool(x, 1.5, 2), r"alpha must lie in \[0, 1\]"),
-        (lambda x: P.mixed_pool(x, jnp.array([0.2, -0.1]), 2), r"alpha must lie in \[0, 1\]"),
-        (lambda x: P.blur_pool(x, 8), "filter_size must be in 1..7"),
-        (lambda x: P.blur_pool(x, 0), "filter_size must be in 1..7"),
-        (lambda x: P.blur_pool(x, 3, 2, "zeros"), "unknown pad_mode 'zeros'"),
+        (lambda x: P.mixed_pool(x, 2, alpha=1.5), r"alpha must lie in \[0, 1\]"),
+        (lambda x: P.mixed_pool(x, 2, alpha=jnp.array([0.2, -0.1])), r"alpha must lie in \[0, 1\]"),
+        (lambda x: P.blur_pool(x, filter_size=8), "filter_size must be in 1..7"),
+        (lambda x: P.blur_pool(x, filter_size=0), "filter_size must be in 1..7"),
+        (lambda x: P.blur_pool(x, pad_mode="zeros"), "unknown pad_mode 'zeros'"),
         (lambda x: P.max_pool(x[0, 0], 2), "rank >= 3"),
         (lambda x: P.max_pool(x, 2, padding="FULL"), "unknown padding 'FULL': valid are 'VALID'"),
         (lambda x: P.max_pool(x, 2, padding=((1, 1),)), "unknown padding"),
         (lambda x: P.max_pool(x, 2, padding=2), "entirely in padding"),
-        (lambda x: P.aps_pool(x, 2, "l3"), "unknown norm 'l3': valid are"),
-        (lambda x: P.global_pool(x, "median"), "unknown global pool kind"),
-        (lambda x: P.lp_pool(x, 0.0, 2), "p > 0"),
+        (lambda x: P.aps_pool(x, norm="l3"), "unknown norm 'l3': valid are"),
+        (lambda x: P.global_pool(x, kind="median"), "unknown global pool kind"),
+        (lambda x: P.lp_pool(x, 2, p=0.0), "p > 0"),
         (lambda x: P.pool(x, "stochastic", window=2), "needs key"),
         (lambda x: P.max_pool(x, (2, 2, 2)), r"an \(h, w\) pair"),
     ],
@@ -557,3 +568,88 @@ def test_nan_propagates_like_torch():
     (dx,) = vjp(jnp.ones_like(out))
     # Documented difference from torch: the gradient goes to the first non-NaN maximum.
     assert float(dx[0, 0, 0]) == 1.0 and float(dx[1, 1, 0]) == 0.0
+
+
+# ------------------------------------------------------------------------------------------
+# Call style (dm_pix's): x, then the window positionally, every other option keyword-only.
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x: P.max_pool(x, 2, 1),
+        lambda x: P.min_pool(x, 2, 1),
+        lambda x: P.avg_pool(x, 2, 1),
+        lambda x: P.lp_pool(x, 2, 2.0),
+        lambda x: P.mixed_pool(x, 2, 0.5),
+        lambda x: P.stochastic_pool(x, 2, 1),
+        lambda x: P.blur_pool(x, 3),
+        lambda x: P.max_blur_pool(x, 2, 3),
+        lambda x: P.aps_pool(x, 2),
+        lambda x: P.aps_pool_with_index(x, 2),
+        lambda x: P.global_pool(x, "avg"),
+    ],
+)
+def test_options_after_the_window_are_keyword_only(call):
+    with pytest.raises(TypeError, match="positional argument"):
+        call(jnp.ones((8, 8, 2)))
+
+
+def test_geometry_and_options_of_every_kind():
+    assert P.geometry_of("max") == ("window", "stride", "padding")
+    assert P.geometry_of("stochastic") == ("window", "stride", "padding")
+    assert P.geometry_of("max_blur") == ("window", "stride")
+    assert P.geometry_of("blur") == P.geometry_of("aps") == ("stride",)
+    assert P.geometry_of("global_max") == ()
+    assert P.options_of("lp") == ("p",)
+    assert P.options_of("mixed") == ("alpha",)
+    assert P.options_of("stochastic") == ()  # key and train are not layer options
+    assert P.options_of("max_blur") == ("filter_size", "pad_mode")
+    assert P.options_of("global_avg") == ()
+    with pytest.raises(ValueError, match="unknown pooling kind 'median'"):
+        P.options_of("median")
+
+
+def _old_layer_max_blur(x, window, filter_size, stride, pad_mode):
+    """The Pool layer's former own max-blur (the only copy with circular padding)."""
+    if pad_mode == "circular":
+        wh, ww = (window, window) if isinstance(window, int) else window
+        cfg = [(0, 0)] * (x.ndim - 3) + [(0, wh - 1), (0, ww - 1), (0, 0)]
+        x = jnp.pad(x, cfg, mode="wrap")
+    y = P.max_pool(x, window, stride=1)
+    return P.blur_pool(y, filter_size=filter_size, stride=stride, pad_mode=pad_mode)
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant", "circular"])
+@pytest.mark.parametrize("window,filter_size", [(2, 3), (3, 5), ((2, 3), 2)])
+def test_max_blur_pool_is_the_layers_max_blur(pad_mode, window, filter_size):
+    x = jnp.asarray(_rng(40).normal(size=(2, 9, 10, 3)), jnp.float32)
+    kw = dict(filter_size=filter_size, stride=2, pad_mode=pad_mode)
+    want = _old_layer_max_blur(x, window, filter_size, 2, pad_mode)
+    np.testing.assert_allclose(P.max_blur_pool(x, window, **kw), want, rtol=1e-6, atol=1e-6)
+    if pad_mode == "circular":  # a circular shift commutes with the dense max and the blur
+        y = P.max_blur_pool(x[:, :8, :8], window, **kw)
+        ys = P.max_blur_pool(jnp.roll(x[:, :8, :8], (2, 4), axis=(1, 2)), window, **kw)
+        np.testing.assert_allclose(np.roll(y, (1, 2), axis=(1, 2)), ys, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# Faster formulations (issue 14 §1) against today's: the same forward and gradient.
+
+
+@pytest.mark.parametrize("mode", ["reflect", "wrap", "constant"])
+@pytest.mark.parametrize(
+    "pads", [((1, 1), (1, 1)), ((1, 2), (0, 3)), ((2, 0), (3, 3)), ((0, 4), (5, 0))]
+)
+def test_pad_hw_mode_equals_jnp_pad_value_and_gradient(mode, pads):
+    from invariance.pooling._antialiased import _pad_hw_mode
+
+    x = jnp.asarray(_rng(50).normal(size=(2, 4, 5, 3)), jnp.float32)
+    if mode == "reflect" and max(max(pads[0]), max(pads[1])) >= 4:
+        pads = ((1, 1), (2, 2))
+    cfg = [(0, 0), *pads, (0, 0)]
+    want, vjp_want = jax.vjp(lambda a: jnp.pad(a, cfg, mode=mode), x)
+    got, vjp_got = jax.vjp(lambda a: _pad_hw_mode(a, pads, mode), x)
+    np.testing.assert_array_equal(got, want)
+    g = jnp.asarray(_rng(51).normal(size=want.shape), jnp.float32)
+    np.testing.assert_allclose(vjp_got(g)[0], vjp_want(g)[0], rtol=1e-6, atol=1e-6)

@@ -28,9 +28,11 @@ from invariance.train import (
     TrainingDivergedError,
     default_config,
     evaluate,
+    init_train_state,
     make_apply_fn,
     make_features_fn,
     make_optimizer,
+    make_train_step,
     train,
 )
 from invariance.train._checkpoint import read_metrics
@@ -111,40 +113,52 @@ def test_every_pooling_kind_trains_a_step(kind):
     Step-level (the program ``train`` compiles, without its run directory) to keep 11
     compilations cheap; ``train`` itself is exercised end to end with "max" elsewhere.
     """
-    from invariance.models import create_model, init_model
-    from invariance.train._loop import _make_step
+    from invariance.models import create_model
 
     config = small_config(num_seeds=2, vmap_seeds=2)  # jax.vmap (train's CPU default loops)
     model = create_model("small_cnn", pool=kind, widths=(4, 8), hidden=16)
     tx = make_optimizer(config, 1)
-    keys = jax.random.split(jax.random.key(0), 2)
-    variables = jax.tree.map(
-        lambda *a: jnp.stack(a), *(init_model(model, k, (1, 28, 28, 1)) for k in keys)
-    )
-    state = {
-        "variables": variables,
-        "opt_state": jax.vmap(tx.init)(variables["params"]),
-        "step": jnp.zeros((), jnp.int32),
-    }
+    state = init_train_state(model, tx, config, (28, 28, 1))
+    kernel = lambda st: np.array(leaves(st["variables"]["params"]["conv1"])[-1])  # noqa: E731
+    before = kernel(state)  # the step donates its state
     images, labels = load("synthetic", "train", num_examples=32)
     perms = np.stack([np.arange(32), np.arange(32)[::-1]]).astype(np.int32)
-    step = jax.jit(
-        _make_step(
-            model, tx, config, steps_per_epoch=1, global_batch=32, batch_sharding=_batch_sharding()
-        )
-    )
+    step = make_train_step(model, tx, config, steps_per_epoch=1)
     new_state, metrics = step(state, images, labels, perms)
     loss = np.asarray(metrics["loss"])
     assert loss.shape == (2,) and np.isfinite(loss).all(), loss
     assert all(np.isfinite(x).all() for x in leaves(new_state["variables"]))
     assert int(new_state["step"]) == 1
-    kernel = lambda st: leaves(st["variables"]["params"]["conv1"])[-1]  # noqa: E731
-    assert not np.array_equal(kernel(new_state), kernel(state))
+    assert not np.array_equal(kernel(new_state), before)
 
 
-def _batch_sharding():
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+def test_the_public_step_is_what_train_runs(tmp_path):
+    """init_train_state + make_train_step, driven by hand with the data orders the package
+    docstring defines, end bit-identical to train() after one epoch (two seeds)."""
+    config = small_config(num_seeds=2, num_epochs=1)
+    result = train(config, workdir=tmp_path)
+    images, labels = load("synthetic", "train", num_examples=256)
+    labels = np.asarray(labels, np.int32)
+    steps = len(images) // config.batch_size
+    tx = make_optimizer(config, steps)
+    state = init_train_state(result.model, tx, config, images.shape[1:])
+    step = make_train_step(result.model, tx, config, steps_per_epoch=steps)
+
+    def order(i, epoch=1):  # permutation(fold_in(fold_in(k_i, 1), e)), k_i = fold_in(key, i)
+        k = jax.random.fold_in(jax.random.key(config.seed), config.seed_offset + i)
+        k = jax.random.fold_in(jax.random.fold_in(k, 1), epoch)
+        return jax.random.permutation(k, len(images)).astype(jnp.int32)
+
+    perms = jnp.stack([order(i) for i in range(config.num_seeds)])
+    losses = []
+    for _ in range(steps):
+        state, metrics = step(state, images, labels, perms)
+        losses.append(np.asarray(metrics["loss"]))
+    assert_trees_equal(state["variables"], result.variables)
+    assert int(state["step"]) == steps
+    np.testing.assert_allclose(
+        np.mean(losses, 0), result.history[0]["train_loss_per_seed"], rtol=1e-6
+    )
 
 
 _FOUR_DEVICES = textwrap.dedent(
@@ -356,14 +370,10 @@ def test_a_custom_model_with_batch_stats_trains(tmp_path):
 
 
 def test_a_second_trace_of_the_step_raises():
-    from invariance.train._loop import _make_step
-
-    config = small_config()
+    config = small_config(batch_size=8)
     model = _TinyBatchNormNet()
     tx = make_optimizer(config, 4)
-    step = _make_step(
-        model, tx, config, steps_per_epoch=4, global_batch=8, batch_sharding=_batch_sharding()
-    )
+    step = make_train_step(model, tx, config, steps_per_epoch=4)
     variables = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 8, 8, 1)), train=False))(
         jax.random.split(jax.random.key(0), 1)
     )
@@ -377,3 +387,15 @@ def test_a_second_trace_of_the_step_raises():
     jax.eval_shape(step, state, jnp.zeros((32, 8, 8, 1), jnp.uint8), labels, perms)
     with pytest.raises(RecompileError):
         jax.eval_shape(step, state, jnp.zeros((32, 9, 9, 1), jnp.uint8), labels, perms)
+
+
+def test_map_seeds_lives_with_the_seed_axis_not_evaluation():
+    """The train step's seed mapping is its own module, shared by training and evaluation."""
+    from invariance.train import _eval, _seeds, _step
+
+    assert _step.map_seeds is _seeds.map_seeds and _eval.map_seeds is _seeds.map_seeds
+    assert "def map_seeds" not in Path(_eval.__file__).read_text()
+    xs = (jnp.arange(12.0).reshape(4, 3),)
+    for chunk in (1, 2, 4):
+        out = _seeds.map_seeds(lambda a: a * 2 + a.sum(), xs, vmap_seeds=chunk)
+        np.testing.assert_allclose(out, jax.vmap(lambda a: a * 2 + a.sum())(*xs))

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from invariance import transforms as T
+from invariance._checks import is_concrete
 
 KEY = jax.random.key(0)
 SHAPE = (3, 6, 6, 2)
@@ -31,28 +32,22 @@ def _assert_close(a, b, atol=0.0):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=atol)
 
 
-def _check_jit_and_vmaps(fn, options, atol=0.0, random=False):
-    """fn(images, option) against: jit, vmap over images == loop, vmap over options == loop.
+def _check_jit_and_vmaps(check, fn, options, atol=0.0, random=False):
+    """fn(images, option) through the shared checker (``check_jit_vmap`` in conftest): jit ==
+    eager and vmap == loop, over the options and over the images.
 
     For deterministic ops the per-image results also equal the batched call; random ops draw
     independently per image in a batch, so there (random=True) they must not.
     """
-    x = _images()
-    eager = fn(x, options[0])
-    _assert_close(jax.jit(fn)(x, options[0]), eager, atol)
-
-    per_image = jax.jit(lambda im: fn(im, options[0]))
-    loop = np.stack([per_image(im) for im in x])
-    _assert_close(jax.vmap(per_image)(x), loop, atol)
+    x, opts = _images(), jnp.asarray(options)
+    sweep = check(lambda o: fn(x, o), opts, atol=atol)
+    assert sweep.shape == (len(options), *SHAPE)
+    loop = check(lambda im: fn(im, opts[0]), x, atol=atol)
+    eager = fn(x, opts[0])
     if random:
         assert not np.allclose(loop, eager)
     else:
         _assert_close(loop, eager, atol)
-
-    per_option = jax.jit(lambda o: fn(x, o))
-    sweep = jax.jit(jax.vmap(per_option))(jnp.asarray(options))
-    assert sweep.shape == (len(options), *SHAPE)
-    _assert_close(sweep, np.stack([per_option(o) for o in jnp.asarray(options)]), atol)
 
 
 # ----------------------------------------------------------------------------- references
@@ -139,9 +134,10 @@ def test_random_mask_is_uniform_over_positions():
     assert np.all(np.abs(freq - 0.5) < 0.12), freq
 
 
-def test_random_mask_jit_and_vmap_over_images_and_ratios():
+def test_random_mask_jit_and_vmap_over_images_and_ratios(check_jit_vmap):
     # vmap with a shared key gives each image the same mask, exactly as the loop does.
     _check_jit_and_vmaps(
+        check_jit_vmap,
         lambda x, r: T.random_mask(KEY, x, ratio=r, fill="max"),
         [0.1, 0.2, 0.3, 0.4, 0.5],
         random=True,
@@ -167,13 +163,15 @@ def test_fill_extreme_is_per_image(fill):
         np.testing.assert_array_equal(out[i][~masked[i]], x[i][~masked[i]])
 
 
-def test_fill_in_rotate_and_traced_numeric_fill():
+def test_fill_in_rotate_and_traced_numeric_fill(check_jit_vmap):
     x = _images()
     out = np.asarray(T.rotate(x, degrees=45.0, fill="min"))
     for i in range(3):
         assert out[i, 0, 0, 0] == x[i].min()
     _check_jit_and_vmaps(
-        lambda x, f: T.line_mask(x, orientation="grid", period=3, fill=f), [-1.0, 0.0, 7.0]
+        check_jit_vmap,
+        lambda x, f: T.line_mask(x, orientation="grid", period=3, fill=f),
+        [-1.0, 0.0, 7.0],
     )
 
 
@@ -192,13 +190,13 @@ def test_line_mask_matches_reference(orientation, period, width, offset):
     _assert_close(got, _line_mask_ref(x, orientation, period, width, offset, -3.0))
 
 
-def test_line_mask_jit_and_vmap_over_options():
+def test_line_mask_jit_and_vmap_over_options(check_jit_vmap):
     opts = [(2, 1, 0), (3, 2, 1), (4, 0, 2), (5, 1, 3)]
 
     def fn(x, o):
         return T.line_mask(x, orientation="vertical", period=o[0], width=o[1], offset=o[2])
 
-    _check_jit_and_vmaps(fn, opts)
+    _check_jit_and_vmaps(check_jit_vmap, fn, opts)
     x = _images()
     sweep = jax.vmap(lambda o: fn(x, o))(jnp.asarray(opts))
     for i, (p, w, o) in enumerate(opts):
@@ -221,14 +219,14 @@ def test_occlude_matches_reference_and_clips(top, left, height, width):
     _assert_close(got, _occlude_ref(x, top, left, height, width, 0.5))
 
 
-def test_occlude_jit_and_vmap_over_positions_is_an_occlusion_map():
+def test_occlude_jit_and_vmap_over_positions_is_an_occlusion_map(check_jit_vmap):
     tops, lefts = np.meshgrid(np.arange(0, 6, 2), np.arange(-1, 6, 2), indexing="ij")
     positions = np.stack([tops.ravel(), lefts.ravel()], -1)
 
     def fn(x, p):
         return T.occlude(x, top=p[0], left=p[1], height=2, width=3)
 
-    _check_jit_and_vmaps(fn, positions)
+    _check_jit_and_vmaps(check_jit_vmap, fn, positions)
     x = _images()
     sweep = jax.vmap(lambda p: fn(x, p))(jnp.asarray(positions))
     for i, (t, l) in enumerate(positions):
@@ -278,9 +276,11 @@ def test_translate_circular_inverts_and_constant_zero_fills_exactly(hw, dy, dx):
 
 
 @pytest.mark.parametrize("mode", ["circular", "constant"])
-def test_translate_jit_and_vmap_over_images_and_shifts(mode):
+def test_translate_jit_and_vmap_over_images_and_shifts(mode, check_jit_vmap):
     shifts = [(s, -s) for s in range(-7, 9)]  # the CIFAR-P translate frames (diagonal)
-    _check_jit_and_vmaps(lambda x, s: T.translate(x, dy=s[0], dx=s[1], mode=mode), shifts)
+    _check_jit_and_vmaps(
+        check_jit_vmap, lambda x, s: T.translate(x, dy=s[0], dx=s[1], mode=mode), shifts
+    )
 
 
 # ----------------------------------------------------------------------------- rotate
@@ -320,9 +320,12 @@ def test_rotate_matches_scipy_bilinear(degrees, shape):
     _assert_close(T.rotate(x, degrees=degrees, fill=-7.0), ref, atol=1e-5)
 
 
-def test_rotate_jit_and_vmap_over_images_and_angles():
+def test_rotate_jit_and_vmap_over_images_and_angles(check_jit_vmap):
     _check_jit_and_vmaps(
-        lambda x, d: T.rotate(x, degrees=d, fill="max"), np.linspace(-30.0, 30.0, 5), atol=1e-6
+        check_jit_vmap,
+        lambda x, d: T.rotate(x, degrees=d, fill="max"),
+        np.linspace(-30.0, 30.0, 5),
+        atol=1e-6,
     )
 
 
@@ -338,9 +341,34 @@ def test_gaussian_noise_std_mean_and_zero_sigma():
     _assert_close(T.gaussian_noise(KEY, y, sigma=0.0), y)
 
 
-def test_gaussian_noise_jit_and_vmap_over_images_and_sigmas():
+def test_gaussian_noise_jit_and_vmap_over_images_and_sigmas(check_jit_vmap):
     _check_jit_and_vmaps(
-        lambda x, s: T.gaussian_noise(KEY, x, sigma=s), [0.1, 0.0, 0.2, 0.4], 1e-6, random=True
+        check_jit_vmap,
+        lambda x, s: T.gaussian_noise(KEY, x, sigma=s),
+        [0.1, 0.0, 0.2, 0.4],
+        1e-6,
+        random=True,
+    )
+
+
+def test_rotate_translate_reference_cases():
+    x = jnp.asarray(_images()[0])
+    out = T.rotate_translate(x, dy=2.0, dx=-3.0, degrees=0.0)
+    np.testing.assert_array_equal(out, T.translate(x, dy=2, dx=-3, mode="constant"))
+    half = T.rotate_translate(x, dy=0.0, dx=0.5, degrees=0.0)
+    np.testing.assert_allclose(half[:, 1:], (x[:, 1:] + x[:, :-1]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(half[:, 0], x[:, 0] / 2, rtol=1e-6)
+    quarter = T.rotate_translate(x, dy=0.0, dx=0.0, degrees=90.0)
+    np.testing.assert_allclose(quarter, np.rot90(x, axes=(0, 1)), atol=1e-5)
+
+
+def test_rotate_translate_jit_and_vmap_over_images_and_transforms(check_jit_vmap):
+    grid = [(0.0, 0.0, 0.0), (1.5, -1.0, 10.0), (-2.0, 0.5, -30.0), (0.0, 1.0, 90.0)]
+    _check_jit_and_vmaps(
+        check_jit_vmap,
+        lambda x, t: T.rotate_translate(x, dy=t[0], dx=t[1], degrees=t[2]),
+        grid,
+        1e-5,
     )
 
 
@@ -413,9 +441,9 @@ def test_rank_below_three_raises(call):
 
 
 def test_traced_options_skip_validation():
-    assert T._is_concrete(0.5) and T._is_concrete(jnp.float32(0.5))
+    assert is_concrete(0.5) and is_concrete(jnp.float32(0.5))
     seen = []
-    jax.jit(lambda r: seen.append(T._is_concrete(r)) or r)(1.0)
+    jax.jit(lambda r: seen.append(is_concrete(r)) or r)(1.0)
     assert seen == [False]
     # Under a trace the value is unknown, so no check runs (and nothing is branched on).
     random_mask_j(KEY, IMG, ratio=1.5)

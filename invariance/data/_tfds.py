@@ -1,7 +1,9 @@
-"""The tensorflow-datasets side, without TensorFlow: our IDX builders and tfds' own builders.
+"""The tensorflow-datasets side, without TensorFlow: our IDX builders.
 
 Imported lazily by ``invariance.data`` (importing tfds takes a fraction of a second), so loading
-the synthetic dataset or a cached array never touches tfds.
+the synthetic dataset or a cached array never touches tfds. Whatever copy of the IDX files
+``load`` settles on (a user's folder, the shipped copy, the Debian package's, a verified
+download) is handed to these builders, each in its own tfds data_dir.
 
 Our builders, ``fashion_mnist_local`` and ``mnist_local``, prepare the same tfds dataset as tfds'
 ``fashion_mnist`` / ``mnist`` (image (28, 28, 1) uint8 as PNG, label ``ClassLabel(10)``) from
@@ -14,12 +16,9 @@ the stock builders they keep the files' example order (``disable_shuffling``).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import os
-import socket
-import urllib.parse
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,17 +29,6 @@ import tensorflow_datasets as tfds
 from invariance.data import _idx
 
 FILE_FORMAT = "array_record"
-
-# Where tfds' own builders download from; probed before trying, since tfds retries for minutes.
-DOWNLOAD_URLS = {
-    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-}
-
-
-class Unavailable(Exception):
-    """tfds' own builder cannot provide the dataset here; the message says why."""
 
 
 @contextlib.contextmanager
@@ -150,44 +138,3 @@ def prepare_local(name: str, idx_dir: Path | None, tfds_dir: Path) -> bool:
         return False
     builder.download_and_prepare(file_format=FILE_FORMAT, download_dir=tfds_dir / "downloads")
     return True
-
-
-def _reachable(url: str, timeout: float = 5.0) -> bool:
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
-        return True  # A socket probe says nothing behind a proxy; let tfds try.
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def prepare_stock(name: str, tfds_dir: Path, *, download: bool) -> None:
-    """Makes sure tfds' own builder ``name`` is prepared in ``tfds_dir`` as array_record.
-
-    Raises:
-      Unavailable: not prepared and it cannot be here (no download, no TensorFlow, no network,
-        or tfds failed); the message says which.
-    """
-    if (tfds_dir / name).is_dir():
-        with _quiet_absl():
-            builder = tfds.builder(name, data_dir=os.fspath(tfds_dir), file_format=FILE_FORMAT)
-            if builder.is_prepared():
-                return
-    if not download:
-        raise Unavailable("tfds download not tried (download=False)")
-    if importlib.util.find_spec("tensorflow") is None:
-        raise Unavailable(
-            f"tfds download not tried: tfds' own {name} builder needs TensorFlow to prepare "
-            "the dataset, and TensorFlow is not installed"
-        )
-    url = DOWNLOAD_URLS[name]
-    if not _reachable(url):
-        raise Unavailable(f"tfds download not tried: no network ({url} unreachable)")
-    builder = tfds.builder(name, data_dir=os.fspath(tfds_dir), file_format=FILE_FORMAT)
-    try:
-        builder.download_and_prepare(file_format=FILE_FORMAT)
-    except Exception as e:  # Any failure: reported in the one DataNotFoundError.
-        raise Unavailable(f"tfds download failed: {type(e).__name__}: {e}") from e

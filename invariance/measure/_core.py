@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy import ndimage
 from tqdm.auto import tqdm
 
 from invariance import transforms as T
@@ -130,11 +129,71 @@ def real_at_least(name: str, value: Any, low: float) -> float:
     return float(value)
 
 
+def flag(name: str, value: Any) -> bool:
+    """A bool option (``progress``), else a ValueError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {brief(value)}")
+    return bool(value)
+
+
+def image_shape(shape: Any) -> tuple[int, int, int]:
+    """``(H, W, C)``: three positive ints, else a ValueError."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = ()
+    ok = len(dims) == 3 and all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in dims
+    )
+    if not ok:
+        raise ValueError(f"image_shape must be three positive ints (H, W, C), got {brief(shape)}")
+    return int(dims[0]), int(dims[1]), int(dims[2])
+
+
+#: The image side a shift along each axis is limited by: ``(H, W, C) -> side``.
+_SIDE = {
+    "horizontal": lambda hwc: hwc[1],
+    "vertical": lambda hwc: hwc[0],
+    "diagonal": lambda hwc: min(hwc[:2]),
+    "both": lambda hwc: min(hwc[:2]),
+}
+
+
+def shift_fits(name: str, value: Any, shape: tuple[int, ...], axis: str = "both") -> None:
+    """Refuses a shift ``|value| >= side`` (``side`` = W, H or ``min(H, W)`` by ``axis``).
+
+    A shift of the image size or more wraps round to a smaller shift (circular) or blanks the
+    image (constant): no protocol means either.
+    """
+    side = _SIDE[axis](shape)
+    if abs(value) > side - 1:
+        raise ValueError(
+            f"{name} must be at most {side - 1} in size for {shape[0]}x{shape[1]} images (a "
+            f"shift of the image size or more wraps round or blanks the image), got {num(value)}"
+        )
+
+
+def need_labels(protocol: str, labels: Any, n: int) -> np.ndarray:
+    """The labels of a protocol that needs them (a one-line ValueError when missing)."""
+    if labels is None:
+        raise ValueError(f"{protocol} needs labels: pass labels=(N,) integer class labels")
+    return check_labels(labels, n)
+
+
+def need_key(protocol: str, key: Any) -> list[int]:
+    """The ``seed`` of a protocol that needs a key (a one-line ValueError when missing)."""
+    if key is None:
+        raise ValueError(f"{protocol} needs a PRNG key: pass key=jax.random.key(SEED)")
+    return seed_of(key)
+
+
 def check_images(images: Any) -> Any:
     """Validates ``(N, H, W, C)`` uint8 or float images (N >= 1); returns them unconverted.
 
-    Conversion to float happens per chunk inside the jitted step (see :func:`to_float`), so a
-    large uint8 dataset is never copied as float32 in full.
+    Conversion to float happens per chunk inside the jitted step (see
+    :func:`invariance.transforms.to_float`), so a large uint8 dataset is never copied as
+    float32 in full. Float images holding NaN or inf are refused: no stability figure can be
+    vouched for on them.
     """
     if not hasattr(images, "shape") or not hasattr(images, "dtype"):
         images = np.asarray(images)
@@ -145,6 +204,13 @@ def check_images(images: Any) -> Any:
     dtype = np.dtype(images.dtype)
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
         raise ValueError(f"images must be uint8 (scaled by 1/255) or float, got dtype {dtype}")
+    if dtype != np.uint8:
+        bad = np.flatnonzero(np.asarray(~jnp.all(jnp.isfinite(images), axis=(1, 2, 3))))
+        if bad.size:
+            raise ValueError(
+                f"images must be finite: {bad.size} of {images.shape[0]} images hold NaN or "
+                f"inf (first: image {bad[0]})"
+            )
     return images
 
 
@@ -244,11 +310,20 @@ def mean(values: Any) -> float:
 # ----------------------------------------------------------------------------- streaming
 
 
-def to_float(x: jax.Array) -> jax.Array:
-    """uint8 -> float32 in [0, 1] (divided by 255); any float -> float32."""
-    if x.dtype == jnp.uint8:
-        return x.astype(jnp.float32) / 255.0
-    return x.astype(jnp.float32)
+to_float = T.to_float
+
+
+def argmax(logits: jax.Array) -> jax.Array:
+    """Top-1 class ``(...)`` int32 of logits ``(..., K)``."""
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def nan_rows(*arrays: Any) -> jax.Array:
+    """``(n,)`` bool: True where any of the arrays (each ``(n, ...)``, or a dict or tuple of
+    them) holds a NaN in row ``i``. Steps return it as ``"nan"``; :func:`stream` refuses."""
+    leaves = jax.tree.leaves(arrays)
+    flags = [jnp.any(jnp.isnan(a.reshape(a.shape[0], -1)), axis=1) for a in leaves]
+    return jnp.any(jnp.stack(flags), axis=0)
 
 
 def image_keys(key: jax.Array, index: jax.Array) -> jax.Array:
@@ -278,8 +353,11 @@ def stream(
 
     Every chunk is padded to the same size (``min(chunk_size, N)``) so ``step`` compiles once;
     ``index`` holds the global image indices (per-image randomness folds them into ``key``).
-    ``step`` returns a pytree of arrays whose leading axis is the image; the padded tail is
-    dropped and the chunks are concatenated on the host.
+    ``step`` returns a dict of pytrees of arrays whose leading axis is the image; the padded
+    tail is dropped and the chunks are concatenated on the host. A ``"nan"`` entry
+    (:func:`nan_rows` of the model's outputs) is taken out and checked: any NaN raises a
+    one-line ValueError naming ``desc`` (the protocol) rather than letting NaN logits become an
+    agreement (``argmax`` of NaN is class 0 on every view).
     """
     n = images.shape[0]
     size = min(chunk_size, n)
@@ -296,7 +374,14 @@ def stream(
         index = np.arange(start, start + size, dtype=np.int32)
         out = step(params, key, arrays[0], index, *arrays[1:])
         parts.append(jax.tree.map(lambda a, m=stop - start: np.asarray(a)[:m], out))
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+    out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+    bad = np.flatnonzero(out.pop("nan")) if "nan" in out else np.zeros(0, int)
+    if bad.size:
+        raise ValueError(
+            f"{desc}: the model's outputs hold NaN on {bad.size} of {n} images (first: image "
+            f"{bad[0]}); refusing to report a number for them"
+        )
+    return out
 
 
 def views_apply(fn: Callable, params: Any, views: jax.Array) -> Any:
@@ -370,13 +455,26 @@ class Transform:
     mode: str | None
     integer: bool  # severities are whole numbers
 
-    def check_severities(self, severities: Any) -> tuple[np.ndarray, list[int | float]]:
-        """Range-checks 1-D severities for this family.
+    def check_severities(
+        self, severities: Any, shape: tuple[int, ...]
+    ) -> tuple[np.ndarray, list[int | float]]:
+        """Range-checks 1-D severities for this family on images of ``shape`` ``(H, W, C)``.
+
+        Ratios must lie in [0, 1]; shifts must stay below the image side they move along, an
+        occluding square's side at most ``min(H, W)``; every severity must be finite.
 
         Returns:
           ``(values, for_rows)``: int32 or float32 values for the device, and the same
           severities as Python numbers, as given (no float32 rounding), for the rows.
         """
+        try:
+            kind = np.asarray(severities).dtype.kind
+        except (TypeError, ValueError):
+            kind = "O"
+        if kind not in "iuf":
+            raise ValueError(
+                f"severities must be a non-empty 1-D list of numbers, got {brief(severities)}"
+            )
         s = np.asarray(severities, dtype=np.float64)
         if s.ndim == 0:
             s = s[None]
@@ -391,6 +489,13 @@ class Transform:
             raise ValueError(f"{name} severities must be >= {low[name]:g}, got {s.tolist()}")
         if name in ("random_mask", "inverse_mask") and np.any(s > 1):
             raise ValueError(f"{name} severities are ratios in [0, 1], got {s.tolist()}")
+        if name == "translate":
+            shift_fits("translate severities", np.max(np.abs(s)), shape, self.columns["direction"])
+        if name == "occlusion" and np.any(s > min(shape[:2])):
+            raise ValueError(
+                f"occlusion severities (square sides) must be at most min(H, W) = "
+                f"{min(shape[:2])}, got {s.tolist()}"
+            )
         if self.integer:
             if np.any(s != np.round(s)):
                 raise ValueError(f"{name} severities must be whole numbers, got {s.tolist()}")
@@ -479,40 +584,3 @@ def _transform_fn(name: str, fill: Any, opts: dict[str, Any], mode: str | None) 
         return T.rotate(image, degrees=s, fill=fill)
 
     return apply
-
-
-def rotate_translate(image: jax.Array, *, dy: Any, dx: Any, degrees: Any) -> jax.Array:
-    """Rotates about the centre, then translates (sub-pixel allowed); bilinear, zero padding.
-
-    Engstrom et al. 2019 (MadryLab/adversarial_spatial) rotate then translate with bilinear
-    interpolation on a zero-padded canvas. Conventions as :func:`invariance.transforms.rotate`
-    and :func:`~invariance.transforms.translate`: positive ``degrees`` turn the content
-    counter-clockwise as displayed, positive ``dy`` / ``dx`` move it down / right. Output pixel
-    ``p`` samples the input at ``R^-1 (p - t)`` about the centre ``((H-1)/2, (W-1)/2)``; each
-    of the four bilinear neighbours outside the image reads 0 (``map_coordinates`` with
-    ``mode="constant"``), so at ``degrees = 0`` and integer shifts this is exactly
-    ``translate(..., mode="constant")``.
-
-    Args:
-      image: ``(H, W, C)`` float.
-      dy: row shift in pixels (float, may be traced).
-      dx: column shift in pixels (float, may be traced).
-      degrees: rotation angle (may be traced).
-
-    Returns:
-      ``(H, W, C)``, the dtype of ``image``.
-    """
-    h, w = image.shape[-3], image.shape[-2]
-    theta = jnp.deg2rad(jnp.asarray(degrees, jnp.float32))
-    cos, sin = jnp.cos(theta), jnp.sin(theta)
-    y = jnp.arange(h, dtype=jnp.float32)[:, None] - (h - 1) / 2 - jnp.asarray(dy, jnp.float32)
-    x = jnp.arange(w, dtype=jnp.float32)[None, :] - (w - 1) / 2 - jnp.asarray(dx, jnp.float32)
-    src_y = cos * y + sin * x + (h - 1) / 2
-    src_x = -sin * y + cos * x + (w - 1) / 2
-    src_y, src_x = jnp.broadcast_arrays(src_y, src_x)
-
-    def one_channel(ch: jax.Array) -> jax.Array:
-        return ndimage.map_coordinates(ch, [src_y, src_x], order=1, mode="constant", cval=0.0)
-
-    out = jax.vmap(one_channel, in_axes=-1, out_axes=-1)(image)
-    return out.astype(image.dtype)

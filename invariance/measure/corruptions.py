@@ -16,27 +16,40 @@ import numpy as np
 from invariance import metrics
 from invariance import transforms as T
 from invariance.measure import _core as C
+from invariance.measure._registry import register
 
-__all__ = ["occlusion_sensitivity_map", "severity_curve"]
+__all__ = ["occlusion_maps", "occlusion_sensitivity_map", "severity_curve"]
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def _argmax(logits: jax.Array) -> jax.Array:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+def _check_severity_curve(
+    shape: tuple[int, ...],
+    *,
+    transform: Any,
+    severities: Any,
+    fill: Any,
+    progress: Any,
+    **transform_options: Any,
+) -> tuple[C.Transform, np.ndarray, list[int | float]]:
+    tr = C.resolve_transform(transform, fill, transform_options)
+    sev_np, sev_rows = tr.check_severities(severities, shape)
+    C.flag("progress", progress)
+    return tr, sev_np, sev_rows
 
 
+@register(check=_check_severity_curve, needs=("labels", "key"))
 def severity_curve(
     apply_fn: ApplyFn,
-    params: Any,
+    variables: Any,
     images: Any,
-    labels: Any,
     *,
+    labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     transform: str,
     severities: Sequence[float],
-    key: jax.Array,
     fill: float | str = 0.0,
-    chunk_size: int | None = None,
     progress: bool = False,
     **transform_options: Any,
 ) -> list[dict[str, Any]]:
@@ -68,17 +81,19 @@ def severity_curve(
     shared across sigmas: the curve varies the severity alone.
 
     Args:
-      apply_fn: ``apply_fn(params, images (n, H, W, C) float32) -> logits (n, K)``.
-      params: the model parameters.
+      apply_fn: ``apply_fn(variables, images (n, H, W, C) float32) -> logits (n, K)``.
+      variables: the model's variables.
       images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
-      labels: ``(N,)`` ints.
-      transform: one of :data:`TRANSFORMS`.
-      severities: 1-D numbers (whole numbers for line_mask, occlusion, translate).
-      key: PRNG key (logged as ``seed``; unused by deterministic families).
-      fill: a number, or ``"max"`` / ``"min"`` (each image's extreme), for the families that
-        fill.
+      labels: ``(N,)`` ints (required).
+      key: PRNG key (required; logged as ``seed``; unused by deterministic families).
       chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
         sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      transform: one of :data:`TRANSFORMS`.
+      severities: 1-D finite numbers (whole numbers for line_mask, occlusion, translate;
+        ratios in [0, 1] for the masks; shifts below the image side they move along; squares
+        at most ``min(H, W)``).
+      fill: a finite number, or ``"max"`` / ``"min"`` (each image's extreme), for the
+        families that fill.
       progress: show a tqdm bar over chunks.
       **transform_options: the family's options above.
 
@@ -88,10 +103,16 @@ def severity_curve(
     """
     images = C.check_images(images)
     n = images.shape[0]
-    labels = C.check_labels(labels, n)
-    seed = C.seed_of(key)
-    tr = C.resolve_transform(transform, fill, transform_options)
-    sev_np, sev_rows = tr.check_severities(severities)
+    labels = C.need_labels("severity_curve", labels, n)
+    seed = C.need_key("severity_curve", key)
+    tr, sev_np, sev_rows = _check_severity_curve(
+        images.shape[1:],
+        transform=transform,
+        severities=severities,
+        fill=fill,
+        progress=progress,
+        **transform_options,
+    )
     chunk_size = C.chunk_images(chunk_size, len(sev_np))
     sev = jnp.asarray(sev_np)
 
@@ -103,14 +124,21 @@ def severity_curve(
         logits = C.views_apply(apply_fn, params, jnp.moveaxis(views, 0, 1))  # (n, S, K)
         clean = apply_fn(params, x)
         return {
-            "clean": _argmax(clean),
-            "pred": _argmax(logits),
+            "nan": C.nan_rows(clean, logits),
+            "clean": C.argmax(clean),
+            "pred": C.argmax(logits),
             "agree": jax.vmap(jax.vmap(metrics.consistency, in_axes=(None, 0)))(clean, logits),
             "rel": jax.vmap(metrics.relative_l2, in_axes=(None, 1), out_axes=1)(clean, logits),
         }
 
     out = C.stream(
-        step, params, key, images, chunk_size=chunk_size, progress=progress, desc=transform
+        step,
+        variables,
+        key,
+        images,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc=f"severity_curve({transform})",
     )
     clean_accuracy = C.mean(out["clean"] == labels)
     return [
@@ -132,16 +160,78 @@ def severity_curve(
     ]
 
 
+def _check_occlusion(
+    shape: tuple[int, ...],
+    *,
+    size: Any,
+    stride: Any,
+    fill: Any,
+    transform_batch: Any,
+    progress: Any,
+) -> tuple[int, int, float | str]:
+    h, w = shape[:2]
+    size = C.int_at_least("size", size, 1)
+    if size > min(h, w):
+        raise ValueError(f"size must be <= min(H, W) = {min(h, w)}, got {size}")
+    stride = C.int_at_least("stride", stride, 1)
+    fill = C.check_fill(fill, ("mean",))
+    if transform_batch is not None:
+        C.int_at_least("transform_batch", transform_batch, 1)
+    C.flag("progress", progress)
+    return size, stride, fill
+
+
+@register(check=_check_occlusion, needs=("labels",))
 def occlusion_sensitivity_map(
     apply_fn: ApplyFn,
-    params: Any,
+    variables: Any,
     images: Any,
-    labels: Any,
     *,
+    labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     size: int = 8,
     stride: int = 2,
     fill: float | str = 0.5,
+    transform_batch: int | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Occlusion sensitivity of Zeiler & Fergus 2014 as one summary row.
+
+    The protocol form of :func:`occlusion_maps` (same arguments): it returns that function's
+    ``"rows"``; call :func:`occlusion_maps` for the per-image maps.
+
+    Returns:
+      One row: ``clean_accuracy``, ``accuracy``, ``mean_p_true_clean``, ``mean_p_true``,
+      ``mean_drop``, ``max_drop``, ``top_class_change``, ``size``, ``stride``, ``fill``,
+      ``n_positions`` (see :func:`occlusion_maps`).
+    """
+    return occlusion_maps(
+        apply_fn,
+        variables,
+        images,
+        labels=labels,
+        key=key,
+        chunk_size=chunk_size,
+        size=size,
+        stride=stride,
+        fill=fill,
+        transform_batch=transform_batch,
+        progress=progress,
+    )["rows"]
+
+
+def occlusion_maps(
+    apply_fn: ApplyFn,
+    variables: Any,
+    images: Any,
+    *,
+    labels: Any = None,
+    key: jax.Array | None = None,
     chunk_size: int | None = None,
+    size: int = 8,
+    stride: int = 2,
+    fill: float | str = 0.5,
     transform_batch: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -153,16 +243,17 @@ def occlusion_sensitivity_map(
     (``Wp``). ``p(true) = softmax(f(x_occluded))[label]``.
 
     Args:
-      apply_fn: ``apply_fn(params, images (n, H, W, C) float32) -> logits (n, K)``.
-      params: the model parameters.
+      apply_fn: ``apply_fn(variables, images (n, H, W, C) float32) -> logits (n, K)``.
+      variables: the model's variables.
       images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
-      labels: ``(N,)`` ints.
-      size: side of the square, ``1 <= size <= min(H, W)``.
-      stride: step between positions, ``>= 1``.
-      fill: grey level (on the float [0, 1] scale for uint8 input), or ``"mean"``: each
-        image's own mean over ``(H, W, C)``.
+      labels: ``(N,)`` ints (required).
+      key: unused (deterministic); accepted for the common signature.
       chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
         sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      size: side of the square, ``1 <= size <= min(H, W)``.
+      stride: step between positions, ``>= 1``.
+      fill: grey level (finite, on the float [0, 1] scale for uint8 input), or ``"mean"``:
+        each image's own mean over ``(H, W, C)``.
       transform_batch: positions evaluated at once (``lax.map`` in vmapped batches; ``None``
         = all at once).
       progress: show a tqdm bar over chunks.
@@ -179,12 +270,15 @@ def occlusion_sensitivity_map(
     """
     images = C.check_images(images)
     n, h, w = images.shape[:3]
-    labels = C.check_labels(labels, n)
-    size = C.int_at_least("size", size, 1)
-    if size > min(h, w):
-        raise ValueError(f"size must be <= min(H, W) = {min(h, w)}, got {size}")
-    stride = C.int_at_least("stride", stride, 1)
-    fill = C.check_fill(fill, ("mean",))
+    labels = C.need_labels("occlusion_sensitivity_map", labels, n)
+    size, stride, fill = _check_occlusion(
+        images.shape[1:],
+        size=size,
+        stride=stride,
+        fill=fill,
+        transform_batch=transform_batch,
+        progress=progress,
+    )
     tops, lefts = np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
     corners = np.stack(np.meshgrid(tops, lefts, indexing="ij"), -1).reshape(-1, 2)
     chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, len(corners))
@@ -192,7 +286,7 @@ def occlusion_sensitivity_map(
 
     def p_and_top(logits, y):
         p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), y[:, None], axis=-1)[:, 0]
-        return p, _argmax(logits)
+        return p, C.argmax(logits), C.nan_rows(logits)
 
     @jax.jit
     def step(params, key, x, index, y):
@@ -207,19 +301,19 @@ def occlusion_sensitivity_map(
             )(x, f)
             return p_and_top(apply_fn(params, occ), y)
 
-        p, top = C.map_over(at, corners_j, transform_batch)  # (P, n) each
-        p0, top0 = p_and_top(apply_fn(params, x), y)
-        return {"p": p.T, "top": top.T, "p0": p0, "top0": top0}
+        p, top, nan = C.map_over(at, corners_j, transform_batch)  # (P, n) each
+        p0, top0, nan0 = p_and_top(apply_fn(params, x), y)
+        return {"p": p.T, "top": top.T, "p0": p0, "top0": top0, "nan": jnp.any(nan, 0) | nan0}
 
     out = C.stream(
         step,
-        params,
+        variables,
         None,
         images,
         labels.astype(np.int32),
         chunk_size=chunk_size,
         progress=progress,
-        desc="occlusion",
+        desc="occlusion_sensitivity_map",
     )
     drop = out["p0"][:, None].astype(np.float64) - out["p"]
     row = C.make_row(

@@ -1,4 +1,4 @@
-"""Stability of representations: sensitivity maps, per-layer distances, equivariance, pooling.
+"""Stability of representations: sensitivity maps, per-layer distances, equivariance.
 
 These protocols compare feature vectors rather than top-1 classes. A ``features_fn(params,
 images) -> {layer name: (N, ...) array}`` exposes the layers; each example's features are
@@ -7,7 +7,6 @@ flattened before a distance is taken. See :mod:`invariance.measure` for the row 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,14 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invariance import metrics, pooling
+from invariance import metrics
 from invariance import transforms as T
 from invariance.measure import _core as C
+from invariance.measure._registry import register
 
 __all__ = [
     "equivariance_error",
     "layer_stability",
-    "pooling_stability",
+    "translation_maps",
     "translation_sensitivity_map",
 ]
 
@@ -34,18 +34,41 @@ def _distances(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     return metrics.relative_l2(a, b), metrics.cosine_similarity(a, b)
 
 
+def _check_tsm(
+    shape: tuple[int, ...],
+    *,
+    max_shift: Any,
+    layer: Any,
+    mode: Any,
+    transform_batch: Any,
+    progress: Any,
+) -> int:
+    s = C.int_at_least("max_shift", max_shift, 0)
+    C.shift_fits("max_shift", s, shape)
+    C.choice("mode", mode, C.MODES)
+    if layer is not None and not isinstance(layer, str):
+        raise ValueError(f"layer must be None or a layer name (str), got {C.brief(layer)}")
+    if transform_batch is not None:
+        C.int_at_least("transform_batch", transform_batch, 1)
+    C.flag("progress", progress)
+    return s
+
+
+@register(check=_check_tsm)
 def translation_sensitivity_map(
-    fn: Callable[[Any, jax.Array], Any],
-    params: Any,
+    apply_fn: Callable[[Any, jax.Array], Any],
+    variables: Any,
     images: Any,
     *,
+    labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     max_shift: int,
     layer: str | None = None,
     mode: str = "circular",
-    chunk_size: int | None = None,
     transform_batch: int | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
     """Translation-sensitivity map of Kauderer-Abrams 2017, "Quantifying Translation-Invariance
     in Convolutional Neural Networks", with cosine similarity (Myburgh et al. 2021).
 
@@ -56,35 +79,41 @@ def translation_sensitivity_map(
     representation that is zero on an image makes its distance ``inf`` (metrics' convention).
 
     Args:
-      fn: with ``layer=None`` an ``apply_fn(params, images) -> logits (n, K)``; with a layer
-        name a ``features_fn(params, images) -> dict`` and ``r = fn(params, x)[layer]``.
-      params: the model parameters.
+      apply_fn: with ``layer=None`` an ``apply_fn(variables, images) -> logits (n, K)``; with
+        a layer name a ``features_fn(variables, images) -> dict`` and
+        ``r = apply_fn(variables, x)[layer]``.
+      variables: the model's variables.
       images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
-      max_shift: ``s >= 0``; the map is ``(2s + 1, 2s + 1)``.
-      layer: None (logits) or a key of ``features_fn``'s output.
-      mode: ``"circular"`` or ``"constant"`` shifts.
+      labels: unused; accepted for the common signature.
+      key: unused (deterministic); accepted for the common signature.
       chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
         sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      max_shift: ``s``, an int ``>= 0`` below ``min(H, W)``; the map is ``(2s + 1, 2s + 1)``.
+      layer: None (logits) or a key of ``features_fn``'s output.
+      mode: ``"circular"`` or ``"constant"`` shifts.
       transform_batch: shifts evaluated at once (``lax.map`` in vmapped batches; ``None`` =
         all ``(2s + 1)^2`` at once).
       progress: show a tqdm bar over chunks.
 
     Returns:
-      A dict: ``"shifts"`` ``(2s+1,)`` (the offsets along each axis), ``"map"`` and
-      ``"cosine_map"`` ``(2s+1, 2s+1)`` float64 with entry ``[dy + s, dx + s]``, ``"radii"``
-      ``(R,)`` int, ``"profile"`` and ``"cosine_profile"`` ``(R,)``, and ``"rows"``: one per
-      grid cell (``aggregate="cell"``: ``dy``, ``dx``, ``ring``, ``relative_l2``, ``cosine``)
-      then one per ring (``aggregate="ring"``: ``ring``, ``relative_l2``, ``cosine``), each
-      with ``layer`` (``"logits"`` for ``layer=None``).
+      Rows: one per grid cell (``aggregate="cell"``: ``dy``, ``dx``, ``ring``,
+      ``relative_l2``, ``cosine``; the map's entry ``[dy + s, dx + s]``, the mean over images
+      in float64) then one per ring (``aggregate="ring"``: ``ring``, ``relative_l2``,
+      ``cosine``), each with ``layer`` (``"logits"`` for ``layer=None``).
+      :func:`translation_maps` turns them into the ``(2s+1, 2s+1)`` maps and the profiles.
     """
     images = C.check_images(images)
     n = images.shape[0]
-    s = C.int_at_least("max_shift", max_shift, 0)
-    C.choice("mode", mode, C.MODES)
+    s = _check_tsm(
+        images.shape[1:],
+        max_shift=max_shift,
+        layer=layer,
+        mode=mode,
+        transform_batch=transform_batch,
+        progress=progress,
+    )
     chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, (2 * s + 1) ** 2)
-    if layer is not None and not isinstance(layer, str):
-        raise ValueError(f"layer must be None or a layer name (str), got {C.brief(layer)}")
-    rep = C.check_representation(fn, params, images, layer)
+    rep = C.check_representation(apply_fn, variables, images, layer)
     shifts = np.arange(-s, s + 1)
     grid = np.stack(np.meshgrid(shifts, shifts, indexing="ij"), -1).reshape(-1, 2)
     grid_j = jnp.asarray(grid, jnp.int32)
@@ -95,12 +124,21 @@ def translation_sensitivity_map(
         r0 = rep(params, x)
 
         def under(d):
-            return _distances(r0, rep(params, T.translate(x, dy=d[0], dx=d[1], mode=mode)))
+            r = rep(params, T.translate(x, dy=d[0], dx=d[1], mode=mode))
+            return *_distances(r0, r), C.nan_rows(r)
 
-        dist, cos = C.map_over(under, grid_j, transform_batch)  # (G, n)
-        return {"dist": dist.T, "cos": cos.T}
+        dist, cos, nan = C.map_over(under, grid_j, transform_batch)  # (G, n)
+        return {"dist": dist.T, "cos": cos.T, "nan": jnp.any(nan, 0) | C.nan_rows(r0)}
 
-    out = C.stream(step, params, None, images, chunk_size=chunk_size, progress=progress, desc="tsm")
+    out = C.stream(
+        step,
+        variables,
+        None,
+        images,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc="translation_sensitivity_map",
+    )
     side = 2 * s + 1
     dist_map = np.mean(out["dist"].astype(np.float64), axis=0).reshape(side, side)
     cos_map = np.mean(out["cos"].astype(np.float64), axis=0).reshape(side, side)
@@ -140,14 +178,48 @@ def translation_sensitivity_map(
         )
         for j, r in enumerate(radii)
     ]
+    return rows
+
+
+def translation_maps(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """The maps and profiles of :func:`translation_sensitivity_map`, from its rows.
+
+    Args:
+      rows: the rows of one call (one layer), e.g. read back from a ``rows.jsonl``.
+
+    Returns:
+      ``"shifts"`` ``(2s+1,)`` (the offsets along each axis), ``"map"`` and ``"cosine_map"``
+      ``(2s+1, 2s+1)`` float64 with entry ``[dy + s, dx + s]``, ``"radii"`` ``(R,)`` int,
+      ``"profile"`` and ``"cosine_profile"`` ``(R,)`` float64: the numbers of the rows, exactly.
+
+    Raises:
+      ValueError: rows that are not one complete sensitivity map.
+    """
+    rows = [r for r in rows if r.get("protocol") == "translation_sensitivity"]
+    layers = {r.get("layer") for r in rows}
+    cells = [r for r in rows if r.get("aggregate") == "cell"]
+    rings = sorted((r for r in rows if r.get("aggregate") == "ring"), key=lambda r: r["ring"])
+    s = max((abs(int(r["dy"])) for r in cells), default=-1)
+    side = 2 * s + 1
+    if len(layers) != 1 or len(cells) != side * side or not rings:
+        raise ValueError(
+            f"rows must be one translation_sensitivity_map call (one layer, every cell and "
+            f"ring), got {len(cells)} cells, {len(rings)} rings, layers {sorted(map(str, layers))}"
+        )
+    dist_map, cos_map = np.zeros((side, side)), np.zeros((side, side))
+    filled = np.zeros((side, side), bool)
+    for r in cells:
+        at = (int(r["dy"]) + s, int(r["dx"]) + s)
+        dist_map[at], cos_map[at], filled[at] = float(r["relative_l2"]), float(r["cosine"]), True
+    if not filled.all():
+        raise ValueError("rows repeat a cell and miss another: not one complete map")
     return {
-        "shifts": shifts,
+        "shifts": np.arange(-s, s + 1),
         "map": dist_map,
         "cosine_map": cos_map,
-        "radii": radii,
-        "profile": profile[0],
-        "cosine_profile": profile[1],
-        "rows": rows,
+        "radii": np.array([int(r["ring"]) for r in rings]),
+        "profile": np.array([float(r["relative_l2"]) for r in rings]),
+        "cosine_profile": np.array([float(r["cosine"]) for r in rings]),
     }
 
 
@@ -161,17 +233,47 @@ def _check_layers(names: list[str], layers: Sequence[str] | None) -> list[str]:
     return list(layers)
 
 
+def _check_one_severity(
+    shape: tuple[int, ...],
+    *,
+    transform: Any,
+    severity: Any,
+    fill: Any,
+    progress: Any,
+    **transform_options: Any,
+) -> tuple[C.Transform, np.ndarray, int | float]:
+    """The transform of a one-severity protocol, its severity (device value, row value)."""
+    tr = C.resolve_transform(transform, fill, transform_options)
+    if np.ndim(severity) != 0:
+        raise ValueError(f"severity must be a single number, got {C.brief(severity)}")
+    sev_np, (sev_row,) = tr.check_severities(severity, shape)
+    C.flag("progress", progress)
+    return tr, sev_np, sev_row
+
+
+def _check_layer_stability(
+    shape: tuple[int, ...], *, layers: Any, **options: Any
+) -> tuple[C.Transform, np.ndarray, int | float]:
+    if layers is not None and (
+        isinstance(layers, str) or not layers or not all(isinstance(la, str) for la in layers)
+    ):
+        raise ValueError(f"layers must be None or a non-empty list of names, got {C.brief(layers)}")
+    return _check_one_severity(shape, **options)
+
+
+@register(check=_check_layer_stability, model="features", needs=("key",))
 def layer_stability(
-    features_fn: FeaturesFn,
-    params: Any,
+    apply_fn: FeaturesFn,
+    variables: Any,
     images: Any,
     *,
+    labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     transform: str,
     severity: float,
-    key: jax.Array,
     layers: Sequence[str] | None = None,
     fill: float | str = 0.0,
-    chunk_size: int | None = None,
     progress: bool = False,
     **transform_options: Any,
 ) -> list[dict[str, Any]]:
@@ -185,16 +287,18 @@ def layer_stability(
     :func:`severity_curve` (image ``i`` uses ``fold_in(key, i)``).
 
     Args:
-      features_fn: ``features_fn(params, images (n, H, W, C)) -> {name: (n, ...) array}``.
-      params: the model parameters.
+      apply_fn: a features function,
+        ``apply_fn(variables, images (n, H, W, C)) -> {name: (n, ...) array}``.
+      variables: the model's variables.
       images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
-      transform: one of :data:`TRANSFORMS`.
-      severity: one severity (a number).
-      key: PRNG key (logged as ``seed``).
-      layers: names to report, in this order; default every output, sorted by name.
-      fill: as :func:`severity_curve`.
+      labels: unused; accepted for the common signature.
+      key: PRNG key (required; logged as ``seed``).
       chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
         sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      transform: one of :data:`TRANSFORMS`.
+      severity: one severity (a number, checked as :func:`severity_curve`'s).
+      layers: names to report, in this order; default every output, sorted by name.
+      fill: as :func:`severity_curve`.
       progress: show a tqdm bar over chunks.
       **transform_options: the family's options (see :func:`severity_curve`).
 
@@ -204,13 +308,19 @@ def layer_stability(
     """
     images = C.check_images(images)
     n = images.shape[0]
-    seed = C.seed_of(key)
-    tr = C.resolve_transform(transform, fill, transform_options)
-    if np.ndim(severity) != 0:
-        raise ValueError(f"severity must be a single number, got {C.brief(severity)}")
-    sev_np, (sev_row,) = tr.check_severities(severity)
+    seed = C.need_key("layer_stability", key)
+    tr, sev_np, sev_row = _check_layer_stability(
+        images.shape[1:],
+        layers=layers,
+        transform=transform,
+        severity=severity,
+        fill=fill,
+        progress=progress,
+        **transform_options,
+    )
     chunk_size = C.chunk_images(chunk_size, 1)
-    names = _check_layers(C.feature_names(features_fn, params, images), layers)
+    features_fn = apply_fn
+    names = _check_layers(C.feature_names(features_fn, variables, images), layers)
     sev = jnp.asarray(sev_np[0])
 
     @jax.jit
@@ -220,10 +330,17 @@ def layer_stability(
         f0, ft = features_fn(params, x), features_fn(params, xt)
         out = {name: _distances(f0[name], ft[name]) for name in names}
         out["<input>"] = _distances(x, xt)
+        out["nan"] = C.nan_rows([f0[name] for name in names], [ft[name] for name in names])
         return out
 
     out = C.stream(
-        step, params, key, images, chunk_size=chunk_size, progress=progress, desc="layers"
+        step,
+        variables,
+        key,
+        images,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc="layer_stability",
     )
     in_dist, in_cos = out["<input>"]
     return [
@@ -246,16 +363,37 @@ def layer_stability(
     ]
 
 
+def _check_equivariance(
+    shape: tuple[int, ...], *, layer: Any, total_stride: Any, shifts: Any, mode: Any, progress: Any
+) -> tuple[int, list[tuple[int, int]]]:
+    stride = C.int_at_least("total_stride", total_stride, 1)
+    pairs = C.shift_pairs("shifts", shifts)
+    bad = [p for p in pairs if p[0] % stride or p[1] % stride]
+    if bad:
+        raise ValueError(f"shifts {bad} are not divisible by total_stride={stride}")
+    for dy, dx in pairs:
+        C.shift_fits("shifts (dy)", dy, shape, "vertical")
+        C.shift_fits("shifts (dx)", dx, shape, "horizontal")
+    C.choice("mode", mode, C.MODES)
+    if not isinstance(layer, str):
+        raise ValueError(f"layer must be a layer name (str), got {C.brief(layer)}")
+    C.flag("progress", progress)
+    return stride, pairs
+
+
+@register(check=_check_equivariance, model="features")
 def equivariance_error(
-    features_fn: FeaturesFn,
-    params: Any,
+    apply_fn: FeaturesFn,
+    variables: Any,
     images: Any,
     *,
+    labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     layer: str,
     total_stride: int,
     shifts: Sequence[tuple[int, int]],
     mode: str = "circular",
-    chunk_size: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Shift-equivariance error of a feature map: does shifting the input shift the features?
@@ -268,15 +406,19 @@ def equivariance_error(
     2019), which is why every shift must be divisible by the layer's ``total_stride``.
 
     Args:
-      features_fn: ``features_fn(params, images) -> {name: (n, h, w, c) array}``.
-      params: the model parameters.
+      apply_fn: a features function,
+        ``apply_fn(variables, images) -> {name: (n, h, w, c) array}``.
+      variables: the model's variables.
       images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
-      layer: the feature map to test (rank 4: ``(n, h, w, c)``).
-      total_stride: product of the strides up to that layer (``>= 1``).
-      shifts: integer ``(dy, dx)`` pairs, each component divisible by ``total_stride``.
-      mode: ``"circular"`` or ``"constant"``.
+      labels: unused; accepted for the common signature.
+      key: unused (deterministic); accepted for the common signature.
       chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
         sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      layer: the feature map to test (rank 4: ``(n, h, w, c)``).
+      total_stride: product of the strides up to that layer (``>= 1``).
+      shifts: integer ``(dy, dx)`` pairs, each component divisible by ``total_stride``,
+        ``|dy| < H`` and ``|dx| < W``.
+      mode: ``"circular"`` or ``"constant"``.
       progress: show a tqdm bar over chunks.
 
     Returns:
@@ -288,18 +430,18 @@ def equivariance_error(
     """
     images = C.check_images(images)
     n = images.shape[0]
-    stride = C.int_at_least("total_stride", total_stride, 1)
-    pairs = C.shift_pairs("shifts", shifts)
-    bad = [p for p in pairs if p[0] % stride or p[1] % stride]
-    if bad:
-        raise ValueError(f"shifts {bad} are not divisible by total_stride={stride}")
-    C.choice("mode", mode, C.MODES)
+    stride, pairs = _check_equivariance(
+        images.shape[1:],
+        layer=layer,
+        total_stride=total_stride,
+        shifts=shifts,
+        mode=mode,
+        progress=progress,
+    )
     chunk_size = C.chunk_images(chunk_size, len(pairs))
-    if not isinstance(layer, str):
-        raise ValueError(f"layer must be a layer name (str), got {C.brief(layer)}")
-    rep = C.check_representation(features_fn, params, images, layer)
+    rep = C.check_representation(apply_fn, variables, images, layer)
     probe = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)
-    if len(jax.eval_shape(rep, params, probe).shape) != 4:
+    if len(jax.eval_shape(rep, variables, probe).shape) != 4:
         raise ValueError(f"layer {C.brief(layer)} must be a feature map (n, h, w, c)")
     d_in = jnp.asarray(pairs, jnp.int32)
     d_feat = d_in // stride
@@ -312,13 +454,19 @@ def equivariance_error(
         def under(d, df):
             expected = T.translate(f0, dy=df[0], dx=df[1], mode=mode)
             actual = rep(params, T.translate(x, dy=d[0], dx=d[1], mode=mode))
-            return _distances(expected, actual)
+            return *_distances(expected, actual), C.nan_rows(actual)
 
-        dist, cos = jax.vmap(under)(d_in, d_feat)  # (S, n)
-        return {"dist": dist.T, "cos": cos.T}
+        dist, cos, nan = jax.vmap(under)(d_in, d_feat)  # (S, n)
+        return {"dist": dist.T, "cos": cos.T, "nan": jnp.any(nan, 0) | C.nan_rows(f0)}
 
     out = C.stream(
-        step, params, None, images, chunk_size=chunk_size, progress=progress, desc="equivariance"
+        step,
+        variables,
+        None,
+        images,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc="equivariance_error",
     )
     s = max(max(abs(a), abs(b)) for a, b in pairs)
     return [
@@ -340,122 +488,4 @@ def equivariance_error(
             cosine=C.mean(out["cos"][:, j]),
         )
         for j, (dy, dx) in enumerate(pairs)
-    ]
-
-
-_WINDOWED = {"window": 2}
-_POOL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "max": _WINDOWED,
-    "min": _WINDOWED,
-    "avg": _WINDOWED,
-    "lp": {"p": 2.0, **_WINDOWED},
-    "stochastic": {"train": False, **_WINDOWED},
-    "mixed": {"alpha": 0.5, **_WINDOWED},
-}
-
-
-def pooling_stability(
-    images: Any,
-    transform: str,
-    kinds: Sequence[str],
-    *,
-    key: jax.Array,
-    severity: float,
-    pool_options: Mapping[str, Mapping[str, Any]] | None = None,
-    fill: float | str = 0.0,
-    chunk_size: int | None = None,
-    progress: bool = False,
-    **transform_options: Any,
-) -> list[dict[str, Any]]:
-    """Pooling alone, no model: how far does ``pool(T x)`` move from ``pool(x)``?
-
-    The seed's first experiments as numbers: for each pooling kind the mean over images of
-    ``relative_l2(pool(x), pool(T x))`` and the cosine similarity, next to the same distance
-    without pooling (``input_relative_l2``; the ``"identity"`` reference row). Transform
-    families, options and per-image keys as :func:`severity_curve`.
-
-    Pool options: windowed kinds default to ``window=2`` (stride = window), ``"lp"`` to
-    ``p=2``, ``"mixed"`` to ``alpha=0.5``; the others use :mod:`invariance.pooling`'s defaults.
-    ``"stochastic"`` runs in evaluation mode (``train=False``: the probability-weighted
-    average, deterministic) unless ``pool_options={"stochastic": {"train": True}}``; then image
-    ``i`` samples with ``fold_in(fold_in(key, i), 1)`` for both ``x`` and ``T x`` (the same
-    draws, so only the transform differs).
-
-    Args:
-      images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
-      transform: one of :data:`TRANSFORMS`.
-      kinds: names from :data:`invariance.pooling.POOLS`, e.g. ``["max", "avg"]``.
-      key: PRNG key (logged as ``seed``).
-      severity: one severity (a number).
-      pool_options: optional ``{kind: {option: value}}`` merged over the defaults.
-      fill: as :func:`severity_curve`.
-      chunk_size: images per jitted call; ``None`` (default): 64 on the CPU, 1024 on a GPU or
-        TPU.
-      progress: show a tqdm bar over chunks.
-      **transform_options: the family's options (see :func:`severity_curve`).
-
-    Returns:
-      The ``"identity"`` row, then one row per kind: common keys plus ``kind``,
-      ``pool_options`` (a JSON string), ``relative_l2``, ``cosine``, ``input_relative_l2``,
-      ``input_cosine``, ``fill`` and the family's options.
-    """
-    images = C.check_images(images)
-    n = images.shape[0]
-    seed = C.seed_of(key)
-    tr = C.resolve_transform(transform, fill, transform_options)
-    if np.ndim(severity) != 0:
-        raise ValueError(f"severity must be a single number, got {C.brief(severity)}")
-    sev_np, (sev_row,) = tr.check_severities(severity)
-    chunk_size = C.chunk_images(chunk_size, 1)
-    if isinstance(kinds, str) or not kinds:
-        raise ValueError(f"kinds must be a non-empty list of names from {list(pooling.POOLS)}")
-    for kind in kinds:
-        C.choice("kind", kind, pooling.POOLS)
-    if len(set(kinds)) != len(kinds):
-        raise ValueError(f"kinds must not repeat a name, got {list(kinds)}")
-    pool_options = dict(pool_options or {})
-    extra = sorted(set(pool_options) - set(kinds))
-    if extra:
-        raise ValueError(f"pool_options has kinds {extra} not in kinds {list(kinds)}")
-    options = {k: {**_POOL_DEFAULTS.get(k, {}), **pool_options.get(k, {})} for k in kinds}
-    sev = jnp.asarray(sev_np[0])
-
-    def pool_one(kind: str, k: jax.Array, im: jax.Array) -> jax.Array:
-        if kind == "stochastic":
-            return pooling.pool(im, kind, key=jax.random.fold_in(k, 1), **options[kind])
-        return pooling.pool(im, kind, **options[kind])
-
-    @jax.jit
-    def step(params, key, x, index):
-        x = C.to_float(x)
-        keys = C.image_keys(key, index)
-        xt = jax.vmap(lambda k, im: tr.fn(k, im, sev))(keys, x)
-        out = {"identity": _distances(x, xt)}
-        for kind in kinds:
-            one = jax.vmap(lambda k, im, kind=kind: pool_one(kind, k, im))
-            out[kind] = _distances(one(keys, x), one(keys, xt))
-        return out
-
-    out = C.stream(
-        step, None, key, images, chunk_size=chunk_size, progress=progress, desc="pooling"
-    )
-    in_dist, in_cos = (C.mean(v) for v in out["identity"])
-    return [
-        C.make_row(
-            "pooling_stability",
-            n_images=n,
-            transform=transform,
-            severity=sev_row,
-            mode=tr.mode,
-            pairs="original_vs_transformed",
-            seed=seed,
-            kind=kind,
-            pool_options=json.dumps(options.get(kind, {}), sort_keys=True, default=str),
-            relative_l2=C.mean(out[kind][0]),
-            cosine=C.mean(out[kind][1]),
-            input_relative_l2=in_dist,
-            input_cosine=in_cos,
-            **tr.columns,
-        )
-        for kind in ["identity", *kinds]
     ]

@@ -17,6 +17,7 @@ import numpy as np
 from invariance import metrics
 from invariance import transforms as T
 from invariance.measure import _core as C
+from invariance.measure._registry import register
 
 __all__ = [
     "cifar_p_flip_rate",
@@ -28,10 +29,6 @@ __all__ = [
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def _argmax(logits: jax.Array) -> jax.Array:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
 def _accuracy(pred: np.ndarray | None, labels: np.ndarray | None) -> float | None:
     """``metrics.accuracy`` from predictions, on the host (None without labels)."""
     if labels is None:
@@ -39,18 +36,30 @@ def _accuracy(pred: np.ndarray | None, labels: np.ndarray | None) -> float | Non
     return C.mean(pred == labels)
 
 
+def _check_shift_consistency(
+    shape: tuple[int, ...], *, max_shift: Any, mode: Any, pairs: Any, num_pairs: Any, progress: Any
+) -> tuple[int, int]:
+    s = C.int_at_least("max_shift", max_shift, 0)
+    C.shift_fits("max_shift", s, shape)
+    C.choice("mode", mode, C.MODES)
+    C.choice("pairs", pairs, C.PAIRS)
+    C.flag("progress", progress)
+    return s, C.int_at_least("num_pairs", num_pairs, 1)
+
+
+@register(check=_check_shift_consistency, needs=("key",))
 def shift_consistency(
     apply_fn: ApplyFn,
-    params: Any,
+    variables: Any,
     images: Any,
     *,
-    key: jax.Array,
     labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     max_shift: int = 3,
     mode: str = "circular",
     pairs: str = "two_shifted",
     num_pairs: int = 1,
-    chunk_size: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Shift consistency of Zhang 2019, "Making Convolutional Networks Shift-Invariant Again".
@@ -63,31 +72,39 @@ def shift_consistency(
     offsets may coincide); ``"original_vs_shifted"`` compares ``x`` with ``translate(x, off[0])``.
 
     Args:
-      apply_fn: ``apply_fn(params, images (n, H, W, C) float32) -> logits (n, K)``.
-      params: the model parameters (any pytree).
+      apply_fn: ``apply_fn(variables, images (n, H, W, C) float32) -> logits (n, K)``.
+      variables: the model's variables (any pytree).
       images: ``(N, H, W, C)`` uint8 (scaled by 1/255) or float.
-      key: PRNG key; its data is logged as ``seed``.
       labels: optional ``(N,)`` ints; adds clean ``accuracy``.
-      max_shift: offsets are uniform in ``-max_shift..max_shift`` per axis, ``>= 0``.
+      key: PRNG key (required); its data is logged as ``seed``.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      max_shift: offsets are uniform in ``-max_shift..max_shift`` per axis; an int ``>= 0``
+        and below ``min(H, W)``.
       mode: ``"circular"`` (``jnp.roll``) or ``"constant"`` (zero fill).
       pairs: ``"two_shifted"`` or ``"original_vs_shifted"``.
       num_pairs: pairs per image (``>= 1``); consistency averages over images and pairs.
-      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
-        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
 
     Returns:
       One row: the common keys (``severity`` = ``max_shift``) plus ``consistency``,
       ``accuracy`` (None without labels) and ``num_pairs``.
+
+    Raises:
+      ValueError: bad options, a missing key, NaN or inf images, NaN logits.
     """
     images = C.check_images(images)
     n = images.shape[0]
-    seed = C.seed_of(key)
+    seed = C.need_key("shift_consistency", key)
     labels = None if labels is None else C.check_labels(labels, n)
-    s = C.int_at_least("max_shift", max_shift, 0)
-    C.choice("mode", mode, C.MODES)
-    C.choice("pairs", pairs, C.PAIRS)
-    num_pairs = C.int_at_least("num_pairs", num_pairs, 1)
+    s, num_pairs = _check_shift_consistency(
+        images.shape[1:],
+        max_shift=max_shift,
+        mode=mode,
+        pairs=pairs,
+        num_pairs=num_pairs,
+        progress=progress,
+    )
     chunk_size = C.chunk_images(chunk_size, num_pairs * (2 if pairs == "two_shifted" else 1))
     need_clean = labels is not None or pairs == "original_vs_shifted"
 
@@ -107,10 +124,11 @@ def shift_consistency(
         offs = offs[:, :, :ncopy].reshape(x.shape[0], num_pairs * ncopy, 2)
         views = jax.vmap(jax.vmap(shift_one, in_axes=(None, 0)))(x, offs)  # (n, V, H, W, C)
         logits = C.views_apply(apply_fn, params, views).reshape(x.shape[0], num_pairs, ncopy, -1)
-        out = {}
+        out = {"nan": C.nan_rows(logits)}
         if need_clean:
             clean = apply_fn(params, x)
-            out["pred"] = _argmax(clean)
+            out["pred"] = C.argmax(clean)
+            out["nan"] = out["nan"] | C.nan_rows(clean)
         if pairs == "two_shifted":
             a, b = logits[:, :, 0], logits[:, :, 1]
         else:
@@ -119,7 +137,13 @@ def shift_consistency(
         return out
 
     out = C.stream(
-        step, params, key, images, chunk_size=chunk_size, progress=progress, desc="shift"
+        step,
+        variables,
+        key,
+        images,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc="shift_consistency",
     )
     row = C.make_row(
         "shift_consistency",
@@ -149,15 +173,25 @@ def _frame_logits(apply_fn, params, x, ds, direction, mode):
     return C.views_apply(apply_fn, params, views)
 
 
+def _check_one_pixel(shape: tuple[int, ...], *, max_offset: Any, mode: Any, progress: Any) -> int:
+    m = C.int_at_least("max_offset", max_offset, 1)
+    C.shift_fits("max_offset", m, shape, "diagonal")
+    C.choice("mode", mode, C.MODES)
+    C.flag("progress", progress)
+    return m
+
+
+@register(check=_check_one_pixel)
 def one_pixel_flip_rate(
     apply_fn: ApplyFn,
-    params: Any,
+    variables: Any,
     images: Any,
     *,
     labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     max_offset: int = 3,
     mode: str = "constant",
-    chunk_size: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One-pixel diagonal shifts of Azulay & Weiss 2019, "Why do deep convolutional networks
@@ -170,14 +204,16 @@ def one_pixel_flip_rate(
     embeds images in a larger black canvas, hence ``mode="constant"`` (zero fill) by default.
 
     Args:
-      apply_fn: ``apply_fn(params, images (n, H, W, C)) -> logits (n, K)``.
-      params: the model parameters.
+      apply_fn: ``apply_fn(variables, images (n, H, W, C)) -> logits (n, K)``.
+      variables: the model's variables.
       images: ``(N, H, W, C)`` uint8 or float.
       labels: optional ``(N,)`` ints; adds clean ``accuracy`` to every row.
-      max_offset: ``>= 1``; positions ``c = -max_offset..max_offset-1`` (``2 * max_offset``).
-      mode: ``"constant"`` (zero fill) or ``"circular"``.
+      key: unused (deterministic); accepted for the common signature.
       chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
         sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      max_offset: an int ``>= 1`` below ``min(H, W)``; positions
+        ``c = -max_offset..max_offset-1`` (``2 * max_offset``).
+      mode: ``"constant"`` (zero fill) or ``"circular"``.
       progress: show a tqdm bar over chunks.
 
     Returns:
@@ -187,8 +223,7 @@ def one_pixel_flip_rate(
     images = C.check_images(images)
     n = images.shape[0]
     labels = None if labels is None else C.check_labels(labels, n)
-    m = C.int_at_least("max_offset", max_offset, 1)
-    C.choice("mode", mode, C.MODES)
+    m = _check_one_pixel(images.shape[1:], max_offset=max_offset, mode=mode, progress=progress)
     chunk_size = C.chunk_images(chunk_size, 2 * m + 1)
     ds = jnp.arange(-m, m + 1, dtype=jnp.int32)
 
@@ -197,13 +232,20 @@ def one_pixel_flip_rate(
         logits = _frame_logits(apply_fn, params, C.to_float(x), ds, "diagonal", mode)
         a, b = logits[:, :-1], logits[:, 1:]
         return {
-            "pred": _argmax(logits[:, m]),  # frame d = 0: the clean image
+            "nan": C.nan_rows(logits),
+            "pred": C.argmax(logits[:, m]),  # frame d = 0: the clean image
             "top1": jax.vmap(jax.vmap(metrics.top1_change))(a, b),  # (n, 2m)
             "mac": jax.vmap(jax.vmap(metrics.mean_abs_change))(a, b),
         }
 
     out = C.stream(
-        step, params, None, images, chunk_size=chunk_size, progress=progress, desc="one_pixel"
+        step,
+        variables,
+        None,
+        images,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc="one_pixel_flip_rate",
     )
     common = dict(
         transform="translate_diagonal",
@@ -238,17 +280,39 @@ def one_pixel_flip_rate(
     return rows
 
 
+def _check_cifar_p(
+    shape: tuple[int, ...],
+    *,
+    shift_min: Any,
+    shift_max: Any,
+    direction: Any,
+    mode: Any,
+    progress: Any,
+) -> tuple[int, int]:
+    lo, hi = C.as_int("shift_min", shift_min), C.as_int("shift_max", shift_max)
+    if hi <= lo:
+        raise ValueError(f"shift_max must be > shift_min (two frames or more), got {lo}..{hi}")
+    C.choice("direction", direction, C.DIRECTIONS)
+    C.shift_fits("shift_min", lo, shape, direction)
+    C.shift_fits("shift_max", hi, shape, direction)
+    C.choice("mode", mode, C.MODES)
+    C.flag("progress", progress)
+    return lo, hi
+
+
+@register(check=_check_cifar_p)
 def cifar_p_flip_rate(
     apply_fn: ApplyFn,
-    params: Any,
+    variables: Any,
     images: Any,
     *,
     labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     shift_min: int = -7,
     shift_max: int = 8,
     direction: str = "horizontal",
     mode: str = "constant",
-    chunk_size: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Flip probability on translation sequences, as CIFAR-P "translate" (Hendrycks & Dietterich
@@ -259,16 +323,17 @@ def cifar_p_flip_rate(
     ``FP = 1/(m(n-1)) sum_i sum_{j>=2} 1[f(x_j) != f(x_{j-1})]`` (:func:`metrics.flip_rate`).
 
     Args:
-      apply_fn: ``apply_fn(params, images (n, H, W, C)) -> logits (n, K)``.
-      params: the model parameters.
+      apply_fn: ``apply_fn(variables, images (n, H, W, C)) -> logits (n, K)``.
+      variables: the model's variables.
       images: ``(N, H, W, C)`` uint8 or float.
       labels: optional ``(N,)`` ints; adds clean ``accuracy``.
-      shift_min: first frame's shift.
+      key: unused (deterministic); accepted for the common signature.
+      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
+        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      shift_min: first frame's shift (an int; ``|shift|`` below the side it moves along).
       shift_max: last frame's shift, ``> shift_min`` (at least two frames).
       direction: ``"horizontal"`` (default), ``"vertical"`` or ``"diagonal"``.
       mode: ``"constant"`` (zero fill, CIFAR-P) or ``"circular"``.
-      chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
-        sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
       progress: show a tqdm bar over chunks.
 
     Returns:
@@ -277,11 +342,14 @@ def cifar_p_flip_rate(
     images = C.check_images(images)
     n = images.shape[0]
     labels = None if labels is None else C.check_labels(labels, n)
-    lo, hi = C.as_int("shift_min", shift_min), C.as_int("shift_max", shift_max)
-    if hi <= lo:
-        raise ValueError(f"shift_max must be > shift_min (two frames or more), got {lo}..{hi}")
-    C.choice("direction", direction, C.DIRECTIONS)
-    C.choice("mode", mode, C.MODES)
+    lo, hi = _check_cifar_p(
+        images.shape[1:],
+        shift_min=shift_min,
+        shift_max=shift_max,
+        direction=direction,
+        mode=mode,
+        progress=progress,
+    )
     ds = jnp.arange(lo, hi + 1, dtype=jnp.int32)
     chunk_size = C.chunk_images(chunk_size, len(ds))
 
@@ -289,13 +357,20 @@ def cifar_p_flip_rate(
     def step(params, key, x, index):
         x = C.to_float(x)
         logits = _frame_logits(apply_fn, params, x, ds, direction, mode)
-        out = {"flip": jax.vmap(metrics.flip_rate)(logits)}  # (n,): per-image flip fraction
+        out = {"flip": jax.vmap(metrics.flip_rate)(logits), "nan": C.nan_rows(logits)}
         if labels is not None:
-            out["pred"] = _argmax(apply_fn(params, x))
+            clean = apply_fn(params, x)
+            out["pred"], out["nan"] = C.argmax(clean), out["nan"] | C.nan_rows(clean)
         return out
 
     out = C.stream(
-        step, params, None, images, chunk_size=chunk_size, progress=progress, desc="cifar_p"
+        step,
+        variables,
+        None,
+        images,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc="cifar_p_flip_rate",
     )
     row = C.make_row(
         "cifar_p_flip_rate",
@@ -317,17 +392,42 @@ def _grid_axis(limit: float, num: int) -> np.ndarray:
     return np.linspace(-limit, limit, num) if num > 1 else np.zeros(1)
 
 
+def _check_spatial_grid(
+    shape: tuple[int, ...],
+    *,
+    max_shift: Any,
+    max_angle: Any,
+    num_shifts: Any,
+    num_angles: Any,
+    transform_batch: Any,
+    progress: Any,
+) -> tuple[float, float, int, int]:
+    s = C.real_at_least("max_shift", max_shift, 0)
+    C.shift_fits("max_shift", s, shape)
+    a = C.real_at_least("max_angle", max_angle, 0)
+    if a > 180:
+        raise ValueError(f"max_angle must be at most 180 degrees, got {C.num(a)}")
+    ns = C.int_at_least("num_shifts", num_shifts, 1)
+    na = C.int_at_least("num_angles", num_angles, 1)
+    if transform_batch is not None:
+        C.int_at_least("transform_batch", transform_batch, 1)
+    C.flag("progress", progress)
+    return s, a, ns, na
+
+
+@register(check=_check_spatial_grid, needs=("labels",))
 def spatial_grid_accuracy(
     apply_fn: ApplyFn,
-    params: Any,
+    variables: Any,
     images: Any,
-    labels: Any,
     *,
+    labels: Any = None,
+    key: jax.Array | None = None,
+    chunk_size: int | None = None,
     max_shift: float = 3,
     max_angle: float = 30,
     num_shifts: int = 5,
     num_angles: int = 31,
-    chunk_size: int | None = None,
     transform_batch: int | None = 25,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -343,16 +443,17 @@ def spatial_grid_accuracy(
     it is correct under every transform of the grid.
 
     Args:
-      apply_fn: ``apply_fn(params, images (n, H, W, C)) -> logits (n, K)``.
-      params: the model parameters.
+      apply_fn: ``apply_fn(variables, images (n, H, W, C)) -> logits (n, K)``.
+      variables: the model's variables.
       images: ``(N, H, W, C)`` uint8 or float.
-      labels: ``(N,)`` ints.
-      max_shift: translation limit in pixels (``>= 0``).
-      max_angle: rotation limit in degrees (``>= 0``).
-      num_shifts: grid points per translation axis (``>= 1``).
-      num_angles: grid points in angle (``>= 1``).
+      labels: ``(N,)`` ints (required).
+      key: unused (deterministic); accepted for the common signature.
       chunk_size: images per jitted call; ``None`` (default) sizes chunks so a forward call
         sees about 64 model inputs on the CPU, 1024 on a GPU or TPU.
+      max_shift: translation limit in pixels (finite, ``>= 0``, below ``min(H, W)``).
+      max_angle: rotation limit in degrees (finite, in ``[0, 180]``).
+      num_shifts: grid points per translation axis (``>= 1``).
+      num_angles: grid points in angle (``>= 1``).
       transform_batch: transforms evaluated at once inside a chunk (``lax.map`` in vmapped
         batches; ``None`` = all at once); memory ~ ``chunk_size * transform_batch`` images.
       progress: show a tqdm bar over chunks.
@@ -364,11 +465,16 @@ def spatial_grid_accuracy(
     """
     images = C.check_images(images)
     n = images.shape[0]
-    labels = C.check_labels(labels, n)
-    s = C.real_at_least("max_shift", max_shift, 0)
-    a = C.real_at_least("max_angle", max_angle, 0)
-    ns = C.int_at_least("num_shifts", num_shifts, 1)
-    na = C.int_at_least("num_angles", num_angles, 1)
+    labels = C.need_labels("spatial_grid_accuracy", labels, n)
+    s, a, ns, na = _check_spatial_grid(
+        images.shape[1:],
+        max_shift=max_shift,
+        max_angle=max_angle,
+        num_shifts=num_shifts,
+        num_angles=num_angles,
+        transform_batch=transform_batch,
+        progress=progress,
+    )
     shifts, angles = _grid_axis(s, ns), _grid_axis(a, na)
     grid = np.stack(np.meshgrid(shifts, shifts, angles, indexing="ij"), -1).reshape(-1, 3)
     chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, len(grid))
@@ -378,15 +484,27 @@ def spatial_grid_accuracy(
     def step(params, key, x, index):
         x = C.to_float(x)
 
-        def under(t):  # one transform, every image of the chunk -> predictions (n,)
-            moved = jax.vmap(lambda im: C.rotate_translate(im, dy=t[0], dx=t[1], degrees=t[2]))(x)
-            return _argmax(apply_fn(params, moved))
+        def under(t):  # one transform, every image of the chunk -> predictions, NaN flags (n,)
+            moved = jax.vmap(lambda im: T.rotate_translate(im, dy=t[0], dx=t[1], degrees=t[2]))(x)
+            logits = apply_fn(params, moved)
+            return C.argmax(logits), C.nan_rows(logits)
 
-        preds = C.map_over(under, grid_j, transform_batch)  # (G, n)
-        return {"pred": jnp.moveaxis(preds, 0, 1), "clean": _argmax(apply_fn(params, x))}
+        preds, nans = C.map_over(under, grid_j, transform_batch)  # (G, n) each
+        clean = apply_fn(params, x)
+        return {
+            "pred": jnp.moveaxis(preds, 0, 1),
+            "clean": C.argmax(clean),
+            "nan": jnp.any(nans, axis=0) | C.nan_rows(clean),
+        }
 
     out = C.stream(
-        step, params, None, images, chunk_size=chunk_size, progress=progress, desc="spatial"
+        step,
+        variables,
+        None,
+        images,
+        chunk_size=chunk_size,
+        progress=progress,
+        desc="spatial_grid_accuracy",
     )
     correct = out["pred"] == labels[:, None]  # (N, G)
     common = dict(

@@ -15,6 +15,11 @@ Fergus 2013) draws from the ``'pool'`` rng stream when ``train=True``; passing
 ``rngs={"pool": ..., "dropout": ...}`` to any model is harmless. BatchNorm statistics live in
 the ``"batch_stats"`` collection (ResNets only).
 
+Applied to images its parameters were not made for (another channel count, or another size
+under a "flatten" head), every model raises a one-line ValueError naming the images' shape and
+the shape its parameters expect (:func:`~invariance.models.cnn.check_input`), not a Flax scope
+error; a "gap" head takes any size.
+
 Example:
     >>> import jax, jax.numpy as jnp
     >>> model = create_model("small_cnn", pool="aps", widths=(4, 8), head="gap")

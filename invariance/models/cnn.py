@@ -3,10 +3,16 @@
 Every model's ``__call__(x, *, train=False, return_features=False)`` takes ``x`` of shape
 ``(N, H, W, C)``, float, already scaled to [0, 1], and returns logits ``(N, num_classes)``, or
 ``(logits, features)`` with ``features`` a dict from layer name to that layer's output.
+
+Applied with existing variables to images their parameters were not made for (another channel
+count; another size under a "flatten" head), a model raises a one-line ValueError naming the
+images' shape and the shape the parameters expect (:func:`check_input`, :func:`check_flatten`),
+not Flax's scope error. Convolutional models with a "gap" head take any size.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -23,7 +29,16 @@ from invariance.models.layers import (
     with_default,
 )
 
-__all__ = ["CONV_PADDINGS", "HEADS", "RESIZE_METHODS", "DownsampleInput", "Probe", "SmallCNN"]
+__all__ = [
+    "CONV_PADDINGS",
+    "HEADS",
+    "RESIZE_METHODS",
+    "DownsampleInput",
+    "Probe",
+    "SmallCNN",
+    "check_flatten",
+    "check_input",
+]
 
 #: Padding of the 3x3 convolutions: zeros ("SAME") or periodic ("CIRCULAR", flax's
 #: ``jnp.pad(mode="wrap")`` then a VALID conv).
@@ -49,13 +64,72 @@ def _pool_options(pool: str, options: Any, conv_padding: str) -> Any:
     return options
 
 
-def _head(x: jax.Array, head: str, hidden: int, num_classes: int) -> tuple[jax.Array, jax.Array]:
+def _params_of(module: nn.Module, layer: str) -> Any:
+    """The existing params of child ``layer`` of ``module`` (None while initialising)."""
+    if module.is_initializing() or not module.has_variable("params", layer):
+        return None
+    return module.get_variable("params", layer)
+
+
+def check_input(module: nn.Module, x: jax.Array, first_conv: str) -> None:
+    """Refuses images that do not fit ``module``'s parameters, in one line naming both shapes.
+
+    ``x`` must be ``(N, H, W, C)``; once the module has parameters, ``C`` must be the input
+    channel count of its first convolution ``first_conv`` (its kernel is
+    ``(kh, kw, C, features)``). Called first in every model's ``__call__``.
+
+    Raises:
+      ValueError: for a rank other than 4 or another channel count.
+    """
+    name = type(module).__name__
+    if x.ndim != 4:
+        raise ValueError(f"{name} takes images (N, H, W, C), got shape {tuple(x.shape)}")
+    params = _params_of(module, first_conv)
+    if params is not None and params["kernel"].shape[-2] != x.shape[-1]:
+        c = params["kernel"].shape[-2]
+        raise ValueError(
+            f"{name}: images of shape {tuple(x.shape)} have {x.shape[-1]} channel(s), but its "
+            f"parameters were made for images (N, H, W, {c}) ({first_conv!r} kernel "
+            f"{tuple(params['kernel'].shape)})"
+        )
+
+
+def check_flatten(module: nn.Module, images: tuple[int, ...], x: jax.Array, layer: str) -> None:
+    """Refuses a feature map whose flattened size does not fit Dense ``layer``'s parameters.
+
+    Args:
+      module: the model.
+      images: the shape of the images the model was applied to (for the message).
+      x: the ``(N, h, w, c)`` map the flatten head is about to see.
+      layer: the Dense layer's name.
+
+    Raises:
+      ValueError: naming the images' shape, the map's and the size the parameters take.
+    """
+    params = _params_of(module, layer)
+    size = math.prod(x.shape[1:])
+    if params is not None and params["kernel"].shape[0] != size:
+        want = params["kernel"].shape[0]
+        c = x.shape[-1]
+        side = math.isqrt(want // c)
+        hw = f"a {(side, side, c)} map" if side * side * c == want else "another map size"
+        raise ValueError(
+            f"{type(module).__name__}: images of shape {tuple(images)} give its flatten head a "
+            f"{tuple(x.shape[1:])} map ({size} inputs), but its parameters take {want} ({hw}): "
+            "they were initialised on images of another size (a 'gap' head takes any size)"
+        )
+
+
+def _head(
+    module: nn.Module, images: tuple[int, ...], x: jax.Array, head: str, hidden: int, classes: int
+) -> tuple[jax.Array, jax.Array]:
     """(N, H, W, C) -> (logits (N, num_classes), the representation fed to the classifier)."""
     if head == "gap":
-        z = pooling.global_pool(x, "avg")
+        z = pooling.global_pool(x, kind="avg")
     else:
+        check_flatten(module, images, x, "hidden")
         z = nn.relu(nn.Dense(hidden, name="hidden")(x.reshape(x.shape[0], -1)))
-    return nn.Dense(num_classes, name="classifier")(z), z
+    return nn.Dense(classes, name="classifier")(z), z
 
 
 class Probe(nn.Module):
@@ -93,6 +167,7 @@ class Probe(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False) -> Any:
+        check_input(self, x, "conv1")
         feats: dict[str, jax.Array] = {}
         k = (self.kernel, self.kernel)
         x = feats["conv1"] = nn.relu(nn.Conv(self.features, k, padding="VALID", name="conv1")(x))
@@ -152,6 +227,8 @@ class SmallCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False) -> Any:
+        check_input(self, x, "conv1")
+        images = x.shape
         feats: dict[str, jax.Array] = {}
         options = _pool_options(self.pool, self.pool_options, self.conv_padding)
         for i, width in enumerate(self.widths, start=1):
@@ -159,7 +236,7 @@ class SmallCNN(nn.Module):
             x = feats[f"conv{i}"] = nn.relu(conv(x))
             layer = Pool(self.pool, 2, 2, options=options, name=f"pool{i}")
             x = feats[f"pool{i}"] = layer(x, train=train)
-        logits, feats["head"] = _head(x, self.head, self.hidden, self.num_classes)
+        logits, feats["head"] = _head(self, images, x, self.head, self.hidden, self.num_classes)
         return (logits, feats) if return_features else logits
 
 
@@ -211,6 +288,8 @@ class DownsampleInput(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False) -> Any:
+        check_input(self, x, "conv1")
+        images = x.shape
         feats: dict[str, jax.Array] = {}
         x = feats["resized"] = self._resize(x)
         for i, width in enumerate(self.widths, start=1):
@@ -218,7 +297,7 @@ class DownsampleInput(nn.Module):
             x = feats[f"conv{i}"] = nn.relu(conv(x))
         options = _pool_options(self.pool, self.pool_options, self.conv_padding)
         x = feats["pool2"] = Pool(self.pool, 2, 2, options=options, name="pool2")(x, train=train)
-        logits, feats["head"] = _head(x, self.head, self.hidden, self.num_classes)
+        logits, feats["head"] = _head(self, images, x, self.head, self.hidden, self.num_classes)
         return (logits, feats) if return_features else logits
 
     def _resize(self, x: jax.Array) -> jax.Array:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from invariance import pooling
 
-__all__ = ["DOWNSAMPLE_KINDS", "POOL_KINDS", "Pool"]
+__all__ = ["DOWNSAMPLE_KINDS", "POOL_KINDS", "PatchConv", "Pool"]
 
 #: Every kind :class:`Pool` accepts: the pooling library's kinds, "strided_conv" and "none".
 POOL_KINDS: tuple[str, ...] = (*pooling.POOLS, "strided_conv", "none")
@@ -25,20 +25,10 @@ POOL_KINDS: tuple[str, ...] = (*pooling.POOLS, "strided_conv", "none")
 #: The kinds that keep a spatial map (all but the global ones): what a model's ``pool`` takes.
 DOWNSAMPLE_KINDS: tuple[str, ...] = tuple(k for k in POOL_KINDS if not k.startswith("global_"))
 
-# The options each kind accepts (Pool's ``options``), beyond window / stride / padding.
+# The options each kind accepts (Pool's ``options``), beyond window / stride / padding: the
+# keyword-only options of the pooling function, plus the model-only kinds' own.
 _POOL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "max": (),
-    "min": (),
-    "avg": ("count_include_pad",),
-    "lp": ("p",),
-    "stochastic": (),
-    "mixed": ("alpha",),
-    "blur": ("filter_size", "pad_mode"),
-    "max_blur": ("filter_size", "pad_mode"),
-    "aps": ("norm", "filter_size", "pad_mode"),
-    "global_avg": (),
-    "global_max": (),
-    "global_min": (),
+    **{kind: pooling.options_of(kind) for kind in pooling.POOLS},
     "strided_conv": ("features", "use_bias"),
     "none": (),
 }
@@ -165,57 +155,68 @@ class Pool(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Pools ``x`` of shape ``(N, H, W, C)``; ``train`` matters for "stochastic" only."""
         kind, opts = self.kind, dict(self.options)
-        window = self.window
-        stride = window if self.stride is None else self.stride
+        stride = self.window if self.stride is None else self.stride
         if kind == "none":
             return x
         if kind == "strided_conv":
+            features, use_bias = opts.get("features", x.shape[-1]), opts.get("use_bias", True)
+            window, stride = as_pair(self.window), as_pair(stride)
+            if window == stride and self.padding == "VALID":
+                return PatchConv(features, window, use_bias, name="conv")(x)
             return nn.Conv(
-                opts.get("features", x.shape[-1]),
-                kernel_size=as_pair(window),
-                strides=as_pair(stride),
+                features,
+                kernel_size=window,
+                strides=stride,
                 padding=self.padding,
-                use_bias=opts.get("use_bias", True),
+                use_bias=use_bias,
                 name="conv",
             )(x)
-        if kind in ("max", "min"):
-            fn = pooling.max_pool if kind == "max" else pooling.min_pool
-            return fn(x, window, stride, self.padding)
-        if kind == "avg":
-            return pooling.avg_pool(x, window, stride, self.padding, **opts)
-        if kind == "lp":
-            return pooling.lp_pool(x, opts.get("p", 2.0), window, stride, self.padding)
+        if kind == "mixed" and "alpha" not in opts:  # learned, per channel
+            logit = self.param("alpha_logit", nn.initializers.zeros, (x.shape[-1],))
+            opts["alpha"] = nn.sigmoid(logit)
         if kind == "stochastic":
-            if self.padding != "VALID":
-                raise ValueError(f"stochastic pooling needs padding='VALID', got {self.padding!r}")
-            key = self.make_rng("pool") if train else None
-            return pooling.stochastic_pool(key, x, window, stride, train=train)
-        if kind == "mixed":
-            if "alpha" in opts:
-                alpha = opts["alpha"]
-            else:
-                logit = self.param("alpha_logit", nn.initializers.zeros, (x.shape[-1],))
-                alpha = nn.sigmoid(logit)
-            return pooling.mixed_pool(x, alpha, window, stride, self.padding)
-        if kind == "blur":
-            return pooling.blur_pool(
-                x, opts.get("filter_size", 3), stride, **_pick(opts, "pad_mode")
-            )
-        if kind == "max_blur":
-            pad_mode = opts.get("pad_mode", "reflect")
-            if pad_mode == "circular":
-                wh, ww = as_pair(window)
-                cfg = [(0, 0)] * (x.ndim - 3) + [(0, wh - 1), (0, ww - 1), (0, 0)]
-                x = jnp.pad(x, cfg, mode="wrap")
-            y = pooling.max_pool(x, window, 1)
-            return pooling.blur_pool(y, opts.get("filter_size", 3), stride, pad_mode)
-        if kind == "aps":
-            return pooling.aps_pool(x, stride, **opts)
-        return pooling.pool(x, kind)  # the global kinds
+            opts.update(train=train, key=self.make_rng("pool") if train else None)
+        geometry = {"window": self.window, "stride": stride, "padding": self.padding}
+        geometry = {k: v for k, v in geometry.items() if k in pooling.geometry_of(kind)}
+        return pooling.pool(x, kind, **geometry, **opts)
 
 
-def _pick(opts: dict[str, Any], *names: str) -> dict[str, Any]:
-    return {k: opts[k] for k in names if k in opts}
+class PatchConv(nn.Module):
+    """``nn.Conv(features, kernel_size=window, strides=window, padding="VALID")`` computed as
+    one matrix product over non-overlapping patches: ``(..., H, W, C) -> (..., H // kh,
+    W // kw, features)``.
+
+    The same parameters (``kernel`` ``(kh, kw, C, features)``, ``bias`` ``(features,)``, the
+    same initialisers, so the same initial values under the same name) and the same function
+    as the convolution; XLA:CPU's strided convolution, and above all its gradient, costs
+    several times this product (``scripts/bench_train.py --part kinds``).
+
+    Attributes:
+        features: output channels.
+        window: the (kh, kw) patch, equal to the stride.
+        use_bias: add a learned bias.
+    """
+
+    features: int
+    window: tuple[int, int]
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.window
+        *lead, h, w, c = x.shape
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (kh, kw, c, self.features), jnp.float32
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+            if self.use_bias
+            else None
+        )
+        ho, wo = h // kh, w // kw
+        x = x[..., : ho * kh, : wo * kw, :].reshape(*lead, ho, kh, wo, kw, c)
+        y = jnp.einsum("...hiwjc,ijcf->...hwf", x, kernel.astype(x.dtype))
+        return y if bias is None else y + bias.astype(y.dtype)
 
 
 def as_pair(v: Any) -> tuple[int, int]:

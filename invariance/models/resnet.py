@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 
 from invariance import pooling
-from invariance.models.cnn import CONV_PADDINGS, _check_pool, _pool_options
+from invariance.models.cnn import CONV_PADDINGS, _check_pool, _pool_options, check_input
 from invariance.models.layers import Pool, check_kind
 
 __all__ = ["NORMS", "BasicBlock", "ResNet", "ResNet18", "ResNetTiny"]
@@ -71,7 +71,7 @@ class BasicBlock(nn.Module):
         y = nn.relu(norm("bn1")(y))
         index = None
         if kind == "aps":
-            y, index = pooling.aps_pool_with_index(y, 2, **dict(self.pool_options))
+            y, index = pooling.aps_pool_with_index(y, stride=2, **dict(self.pool_options))
         elif kind not in ("none", "strided_conv"):
             y = Pool(kind, 2, 2, options=self.pool_options, name="pool")(y, train=train)
         y = conv(self.features, (3, 3), 1, self.conv_padding, name="conv2")(y)
@@ -81,7 +81,7 @@ class BasicBlock(nn.Module):
         if kind != "none" or x.shape[-1] != self.features:
             if kind == "aps":
                 shortcut, _ = pooling.aps_pool_with_index(
-                    x, 2, **dict(self.pool_options), index=index
+                    x, stride=2, **dict(self.pool_options), index=index
                 )
             elif kind not in ("none", "strided_conv"):
                 layer = Pool(kind, 2, 2, options=self.pool_options, name="shortcut_pool")
@@ -148,6 +148,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False) -> Any:
+        check_input(self, x, "stem")
         feats: dict[str, jax.Array] = {}
         options = _pool_options(self.pool, self.pool_options, self.conv_padding)
         stem = nn.Conv(
@@ -171,7 +172,7 @@ class ResNet(nn.Module):
                     name=f"stage{i + 1}_block{j + 1}",
                 )(x, train=train)
             feats[f"stage{i + 1}"] = x
-        z = feats["head"] = pooling.global_pool(x, "avg")
+        z = feats["head"] = pooling.global_pool(x, kind="avg")
         logits = nn.Dense(self.num_classes, name="classifier")(z)
         return (logits, feats) if return_features else logits
 

@@ -2,9 +2,13 @@
 
 Every function takes ``x`` of shape ``(..., H, W, C)`` with any number of leading batch dims
 (so it works unbatched and under ``jax.vmap``) and returns ``(..., H', W', C)`` (or
-``(..., C)`` for global pooling). ``window`` and ``stride`` are an int or an ``(h, w)`` pair;
-``stride`` defaults to ``window``; ``padding`` is ``"VALID"``, ``"SAME"``, an int (the same on
-every side, as ``torch.nn.MaxPool2d(padding=p)``), or ``((top, bottom), (left, right))``.
+``(..., C)`` for global pooling). Calls follow dm_pix's style: ``x``, then the ``window``
+(windowed kinds) positionally, and every other option keyword-only, e.g.
+``max_pool(x, 2, stride=1)``, ``lp_pool(x, 2, p=3)``, ``blur_pool(x, filter_size=5)``.
+``window`` and ``stride`` are an int or an ``(h, w)`` pair of ints (a float, string or bool is
+refused); ``stride`` defaults to ``window``; ``padding`` is ``"VALID"``, ``"SAME"``, an int
+(the same on every side, as ``torch.nn.MaxPool2d(padding=p)``), or
+``((top, bottom), (left, right))``. ``x`` must be a float or integer array (not bool).
 
 Windowed reductions are written as a reduction over the ``window_h * window_w`` strided slices
 of the padded input rather than with ``lax.reduce_window``: XLA fuses the slices into one loop,
@@ -28,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +61,7 @@ from invariance.pooling._windowed import (
 
 __all__ = [
     "APS_NORMS",
+    "GEOMETRY",
     "GLOBAL_KINDS",
     "PADDING_NAMES",
     "PAD_MODES",
@@ -65,12 +71,14 @@ __all__ = [
     "avg_pool",
     "binomial_filter",
     "blur_pool",
+    "geometry_of",
     "global_pool",
     "lp_pool",
     "max_blur_pool",
     "max_pool",
     "min_pool",
     "mixed_pool",
+    "options_of",
     "output_size",
     "pool",
     "stochastic_pool",
@@ -94,16 +102,62 @@ _REGISTRY: dict[str, Callable[..., jax.Array]] = {
 #: Every pooling kind :func:`pool` accepts, by name.
 POOLS: tuple[str, ...] = tuple(_REGISTRY)
 
+#: The geometry arguments a pooling function may take (``window`` second and positional;
+#: ``stride`` and ``padding`` keyword-only), and the arguments that are not options of a
+#: pooling layer (the PRNG key, the train flag, the global kind bound by the registry).
+GEOMETRY: tuple[str, ...] = ("window", "stride", "padding")
+_NOT_OPTIONS = ("x", *GEOMETRY, "key", "train", "kind")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown pooling kind {kind!r}: valid are {', '.join(POOLS)}")
+
+
+@functools.cache
+def _parameters(kind: str) -> tuple[str, ...]:
+    return tuple(inspect.signature(_REGISTRY[kind]).parameters)
+
+
+def geometry_of(kind: str) -> tuple[str, ...]:
+    """Which of :data:`GEOMETRY` the pooling function of ``kind`` takes, e.g.
+    ``("window", "stride", "padding")`` for "max", ``("stride",)`` for "blur", ``()`` for
+    "global_avg".
+
+    Example:
+        >>> geometry_of("max_blur")
+        ('window', 'stride')
+    """
+    _check_kind(kind)
+    return tuple(g for g in GEOMETRY if g in _parameters(kind))
+
+
+def options_of(kind: str) -> tuple[str, ...]:
+    """The keyword-only options of ``kind``'s function beyond geometry, key and train (what a
+    model's ``pool_options`` may set), in signature order.
+
+    Example:
+        >>> options_of("aps")
+        ('norm', 'filter_size', 'pad_mode')
+    """
+    _check_kind(kind)
+    return tuple(n for n in _parameters(kind) if n not in _NOT_OPTIONS)
+
 
 def pool(x: jax.Array, kind: str, **options: Any) -> jax.Array:
     """Dispatches to a pooling function by name (big_vision's ``pool_type`` style).
+
+    Every function takes ``x``, then (windowed kinds) ``window`` positionally, and everything
+    else keyword-only, so this is one lookup: ``pool(x, kind, **options)`` is
+    ``fn(x, **options)``.
 
     Args:
         x: ``(..., H, W, C)``.
         kind: one of :data:`POOLS`: "max", "min", "avg", "lp", "stochastic", "mixed", "blur",
             "max_blur", "aps", "global_avg", "global_max", "global_min".
         **options: keyword arguments of that function, e.g. ``window=2`` for "max",
-            ``key=...`` for "stochastic", ``p=2`` for "lp", ``alpha=0.5`` for "mixed".
+            ``key=...`` for "stochastic" (or ``train=False``), ``p=2`` for "lp",
+            ``alpha=0.5`` for "mixed".
 
     Returns:
         That function's output.
@@ -116,15 +170,5 @@ def pool(x: jax.Array, kind: str, **options: Any) -> jax.Array:
         >>> pool(jnp.ones((4, 4, 1)), "avg", window=2).shape
         (2, 2, 1)
     """
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown pooling kind {kind!r}: valid are {', '.join(POOLS)}")
-    fn = _REGISTRY[kind]
-    if kind == "stochastic":
-        options = dict(options)
-        key = options.pop("key", None)
-        if key is None:
-            if options.get("train", True):
-                raise ValueError("pooling kind 'stochastic' needs key=... when train=True")
-            key = jax.random.key(0)
-        return fn(key, x, **options)
-    return fn(x, **options)
+    _check_kind(kind)
+    return _REGISTRY[kind](x, **options)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -10,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from invariance.pooling._geometry import _check_rank, _is_concrete, _pair
+from invariance._checks import is_concrete as _is_concrete
+from invariance.pooling._geometry import _check_rank, _pair
 from invariance.pooling._windowed import max_pool
 
 PAD_MODES = {"reflect": "reflect", "constant": "constant", "circular": "wrap"}
@@ -45,8 +47,68 @@ def _check_pad_mode(pad_mode: str) -> str:
     return PAD_MODES[pad_mode]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _pad_axis(x: jax.Array, axis: int, lo: int, hi: int, mode: str) -> jax.Array:
+    """``jnp.pad`` of one axis by (lo, hi) in ``mode`` ("reflect" or "wrap", one period).
+
+    The same values as ``jnp.pad``; the gradient is one slice plus the two mirrored or wrapped
+    edge slices, where ``jnp.pad``'s own gradient for these modes costs ~10x a blur pass on
+    XLA:CPU (it dominated MaxBlurPool's train step).
+    """
+    cfg = [(0, 0)] * x.ndim
+    cfg[axis] = (lo, hi)
+    return jnp.pad(x, cfg, mode=mode)
+
+
+def _pad_axis_fwd(x, axis, lo, hi, mode):
+    return _pad_axis(x, axis, lo, hi, mode), None
+
+
+def _place(a: jax.Array, axis: int, start: int, n: int) -> jax.Array:
+    """``a`` at ``start`` along ``axis`` in zeros of length ``n``."""
+    cfg = [(0, 0, 0)] * a.ndim
+    cfg[axis] = (start, n - start - a.shape[axis], 0)
+    return lax.pad(a, jnp.zeros((), a.dtype), cfg)
+
+
+def _pad_axis_bwd(axis, lo, hi, mode, _, g):
+    n = g.shape[axis] - lo - hi
+    dx = lax.slice_in_dim(g, lo, lo + n, axis=axis)
+    top = lax.slice_in_dim(g, 0, lo, axis=axis)  # padded rows 0..lo-1
+    bottom = lax.slice_in_dim(g, lo + n, lo + n + hi, axis=axis)
+    if mode == "reflect":  # xp[i] = x[lo - i]; xp[lo + n + t] = x[n - 2 - t]
+        starts = (1, n - 1 - hi)
+        top, bottom = lax.rev(top, (axis,)), lax.rev(bottom, (axis,))
+    else:  # wrap: xp[i] = x[n - lo + i]; xp[lo + n + t] = x[t]
+        starts = (n - lo, 0)
+    for part, start in zip((top, bottom), starts, strict=True):
+        if part.shape[axis]:
+            dx = dx + _place(part, axis, start, n)
+    return (dx,)
+
+
+_pad_axis.defvjp(_pad_axis_fwd, _pad_axis_bwd)
+
+
+def _pad_hw_mode(x: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]], mode: str):
+    """Pads H and W of ``(..., H, W, C)`` by ``pads`` in a ``jnp.pad`` mode ("reflect",
+    "constant" or "wrap"): the same values as ``jnp.pad``, with a cheap gradient."""
+    for axis, (lo, hi) in zip((x.ndim - 3, x.ndim - 2), pads, strict=True):
+        n = x.shape[axis]
+        if not (lo or hi):
+            continue
+        one_period = max(lo, hi) < n if mode == "reflect" else max(lo, hi) <= n
+        if mode == "constant" or not one_period:
+            cfg = [(0, 0)] * x.ndim
+            cfg[axis] = (lo, hi)
+            x = jnp.pad(x, cfg, mode=mode)
+        else:
+            x = _pad_axis(x, axis, lo, hi, mode)
+    return x
+
+
 def blur_pool(
-    x: jax.Array, filter_size: int = 3, stride: Any = 2, pad_mode: str = "reflect"
+    x: jax.Array, *, filter_size: int = 3, stride: Any = 2, pad_mode: str = "reflect"
 ) -> jax.Array:
     """BlurPool (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again"):
     a depthwise binomial low-pass filter followed by subsampling.
@@ -77,45 +139,115 @@ def blur_pool(
     h, w = x.shape[-3], x.shape[-2]
     if mode == "reflect" and (lo >= h or hi >= h or lo >= w or hi >= w):
         raise ValueError(f"reflect padding by {hi} needs H, W > {hi}, got {(h, w)}")
-    cfg = [(0, 0)] * (x.ndim - 3) + [(lo, hi), (lo, hi), (0, 0)]
-    xp = jnp.pad(x, cfg, mode=mode)
     ho, wo = -(-h // st[0]), -(-w // st[1])
-    dtype = jnp.result_type(x.dtype, jnp.float32)
-    xp = xp.astype(dtype)
-    # Rows: out[r] = sum_i a_i xp[s*r + i]; then the same along columns.
-    rows = sum(
-        float(taps[i]) * xp[..., i : i + st[0] * (ho - 1) + 1 : st[0], :, :] for i in range(k)
-    )
-    return sum(
-        float(taps[j]) * rows[..., :, j : j + st[1] * (wo - 1) + 1 : st[1], :] for j in range(k)
-    )
+    x = x.astype(jnp.result_type(x.dtype, jnp.float32))
+    # Rows: out[r] = sum_i a_i xp[s*r + i] with xp the padded x; then the same along columns.
+    rows = _blur_axis(x, taps, st[0], lo, ho, x.ndim - 3, mode)
+    return _blur_axis(rows, taps, st[1], lo, wo, x.ndim - 2, mode)
+
+
+def _blur_axis(
+    x: jax.Array, taps: np.ndarray, s: int, lo: int, n_out: int, axis: int, mode: str
+) -> jax.Array:
+    """``out[r] = sum_i taps[i] * xp[s*r + i]`` along ``axis`` (``r < n_out``), where ``xp``
+    is ``x`` padded by ``lo`` before (and enough after) in the ``jnp.pad`` ``mode``.
+
+    The padded array is never built: the output rows whose taps all fall inside ``x`` are one
+    sum of strided slices of ``x``, and the few edge rows read the mirrored / wrapped rows
+    directly (zeros add nothing). The terms are the same and summed in the same order as over
+    the padded array; the gradient, though, avoids ``jnp.pad``'s reflect / wrap gradient,
+    which dominated MaxBlurPool's train step on XLA:CPU (~10x the blur itself).
+    """
+    n, k = x.shape[axis], len(taps)
+
+    def source(j: int) -> int | None:  # the row of x at padded position j + lo
+        if 0 <= j < n:
+            return j
+        if mode == "reflect":
+            return -j if j < 0 else 2 * (n - 1) - j
+        return j % n if mode == "wrap" else None
+
+    first = -(-lo // s)  # the first output row whose taps are all inside x, and the last
+    last = min(n_out - 1, (n - k + lo) // s)
+    edges = [r for r in range(n_out) if r < first or r > max(last, first - 1)]
+    # The edge rows read x's first and last few rows through two small blocks, so that their
+    # gradient is two pads of small blocks, not one pad per term.
+    used = {source(s * r + i - lo) for r in edges for i in range(k)} - {None}
+    head_rows = [j for j in used if j < n // 2]
+    tail_rows = [j for j in used if j >= n // 2]
+    head_end = max(head_rows, default=-1) + 1
+    tail_start = min(tail_rows, default=n)
+    head = lax.slice_in_dim(x, 0, head_end, axis=axis)
+    tail = lax.slice_in_dim(x, tail_start, n, axis=axis)
+
+    def row_of_x(j: int) -> jax.Array:
+        block, at = (head, j) if j < n // 2 else (tail, j - tail_start)
+        return lax.slice_in_dim(block, at, at + 1, axis=axis)
+
+    def edge_row(r: int) -> jax.Array:
+        terms = [
+            float(taps[i]) * row_of_x(j)
+            for i in range(k)
+            if (j := source(s * r + i - lo)) is not None
+        ]
+        return sum(terms) if terms else jnp.zeros_like(lax.slice_in_dim(x, 0, 1, axis=axis))
+
+    parts = [edge_row(r) for r in range(min(first, n_out))]
+    if last >= first:
+        parts.append(
+            sum(
+                float(taps[i])
+                * lax.slice_in_dim(x, s * first + i - lo, s * last + i - lo + 1, s, axis=axis)
+                for i in range(k)
+            )
+        )
+    parts += [edge_row(r) for r in range(max(last + 1, first), n_out)]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
 
 
 def max_blur_pool(
-    x: jax.Array, window: Any = 2, filter_size: int = 3, stride: Any = 2
+    x: jax.Array,
+    window: Any = 2,
+    *,
+    filter_size: int = 3,
+    stride: Any = 2,
+    pad_mode: str = "reflect",
 ) -> jax.Array:
-    """MaxBlurPool (Zhang 2019): ``blur_pool(max_pool(x, window, stride=1), filter_size, stride)``.
+    """MaxBlurPool (Zhang 2019): a dense max over ``window`` (stride 1), then
+    ``blur_pool(..., filter_size=filter_size, stride=stride, pad_mode=pad_mode)``.
 
-    Dense max evaluation (stride 1) followed by anti-aliased subsampling, adobe/antialiased-cnns'
-    replacement for ``MaxPool2d(k, stride=2)``.
+    Dense max evaluation followed by anti-aliased subsampling, adobe/antialiased-cnns'
+    replacement for ``MaxPool2d(k, stride=2)``. With ``pad_mode="circular"`` the dense max
+    first pads circularly by ``window - 1`` at the end of each spatial dim, so the map keeps
+    its size and a circular shift of ``x`` commutes with the dense max; otherwise the dense max
+    is VALID (Zhang's) and each spatial size shrinks by ``window - 1``.
 
     Args:
         x: ``(..., H, W, C)``.
         window: max-pool window, int or (h, w), default 2.
         filter_size: BlurPool filter size, 1..7.
-        stride: subsampling stride, default 2.
+        stride: subsampling stride, int or (h, w), default 2.
+        pad_mode: the blur's padding (and the dense max's when "circular"): "reflect"
+            (default), "constant" or "circular".
 
     Returns:
-        ``(..., ceil((H - window_h + 1) / s), ceil((W - window_w + 1) / s), C)``.
+        ``(..., ceil(H' / s_h), ceil(W' / s_w), C)`` with ``H' = H`` for "circular", else
+        ``H - window_h + 1`` (likewise ``W'``).
     """
-    return blur_pool(max_pool(x, window, 1), filter_size, stride)
+    _check_pad_mode(pad_mode)
+    if pad_mode == "circular":
+        wh, ww = _pair(window, "window")
+        _check_rank(x)
+        x = _pad_hw_mode(x, ((0, wh - 1), (0, ww - 1)), "wrap")
+    y = max_pool(x, window, stride=1)
+    return blur_pool(y, filter_size=filter_size, stride=stride, pad_mode=pad_mode)
 
 
 def aps_pool(
     x: jax.Array,
+    *,
     stride: int = 2,
     norm: str = "l2",
-    *,
     filter_size: int = 1,
     pad_mode: str = "circular",
 ) -> jax.Array:
@@ -124,17 +256,20 @@ def aps_pool(
 
     Of the ``stride**2`` polyphase components ``x[..., i::s, j::s, :]`` keep, per example (per
     index of the leading dims), the one with the largest norm over all its spatial positions
-    and channels; ties go to the first in row-major (i, j) order. Spatial sizes not divisible
-    by ``stride`` are first padded circularly at the end. With ``filter_size > 1`` the input is
-    first blurred (stride 1, ``pad_mode`` padding), the paper's anti-aliased variant.
+    and channels; ties go to the first in row-major (i, j) order. With ``filter_size > 1`` the
+    input is first blurred (stride 1, ``pad_mode`` padding), the paper's anti-aliased variant.
 
-    A circular shift of the input circularly shifts the output (up to tie-breaking): networks
-    with circular convolutions, APS downsampling and global pooling are exactly invariant to
-    circular shifts.
+    Shift invariance, and its condition: when H and W are both divisible by ``stride``, a
+    circular shift of ``x`` circularly shifts the output (up to ties between components'
+    norms), so networks of circular convolutions, APS downsampling and global pooling are
+    exactly invariant to circular shifts. A spatial size NOT divisible by ``stride`` (e.g. an
+    odd size with stride 2) is first padded circularly at the end, as in the paper's reference
+    implementation; the padded map of a shifted input is then not a shift of the padded map,
+    and the guarantee is lost (``tests/test_faults_pooling.py`` shows both cases).
 
     Args:
         x: ``(..., H, W, C)``.
-        stride: the downsampling factor, >= 1.
+        stride: the downsampling factor, an int >= 1 (or an (s, s) pair).
         norm: "l2" (the paper's default), "l1" or "linf".
         filter_size: optional blur before sampling, 1..7 (1 = none).
         pad_mode: padding of that blur: "circular" (default), "reflect" or "constant".
@@ -142,7 +277,9 @@ def aps_pool(
     Returns:
         ``(..., ceil(H / s), ceil(W / s), C)``.
     """
-    return aps_pool_with_index(x, stride, norm, filter_size=filter_size, pad_mode=pad_mode)[0]
+    return aps_pool_with_index(
+        x, stride=stride, norm=norm, filter_size=filter_size, pad_mode=pad_mode
+    )[0]
 
 
 def _check_aps_index(index: Any, lead: tuple[int, ...], s: int) -> None:
@@ -161,9 +298,9 @@ def _check_aps_index(index: Any, lead: tuple[int, ...], s: int) -> None:
 
 def aps_pool_with_index(
     x: jax.Array,
+    *,
     stride: int = 2,
     norm: str = "l2",
-    *,
     filter_size: int = 1,
     pad_mode: str = "circular",
     index: jax.Array | None = None,
@@ -194,19 +331,23 @@ def aps_pool_with_index(
     if index is not None:
         _check_aps_index(index, x.shape[:-3], s)
     if filter_size != 1:
-        x = blur_pool(x, filter_size, 1, pad_mode)
+        x = blur_pool(x, filter_size=filter_size, stride=1, pad_mode=pad_mode)
     h, w = x.shape[-3], x.shape[-2]
     ph, pw = (-h) % s, (-w) % s
     if ph or pw:
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)], mode="wrap")
-    comps = jnp.stack([x[..., i::s, j::s, :] for i in range(s) for j in range(s)], axis=-4)
+        x = _pad_hw_mode(x, ((0, ph), (0, pw)), "wrap")
+    # One array per component (no stacked copy); the chosen one is picked with selects, whose
+    # gradient is a select, not the scatter of a gather's gradient (slow on the CPU).
+    comps = [x[..., i::s, j::s, :] for i in range(s) for j in range(s)]
     if index is None:
-        if norm == "l2":
-            score = jnp.sum(jnp.square(comps), axis=(-3, -2, -1))
-        elif norm == "l1":
-            score = jnp.sum(jnp.abs(comps), axis=(-3, -2, -1))
-        else:
-            score = jnp.max(jnp.abs(comps), axis=(-3, -2, -1))
-        index = jnp.argmax(lax.stop_gradient(score), axis=-1)  # (...,)
-    y = jnp.take_along_axis(comps, index[..., None, None, None, None], axis=-4)
-    return y[..., 0, :, :, :], index
+        reduce = jnp.max if norm == "linf" else jnp.sum
+        elementwise = jnp.square if norm == "l2" else jnp.abs
+        score = jnp.stack(
+            [reduce(elementwise(lax.stop_gradient(c)), axis=(-3, -2, -1)) for c in comps], -1
+        )
+        index = jnp.argmax(score, axis=-1)  # (...,)
+    pick = jnp.asarray(index)[..., None, None, None]
+    y = comps[0]
+    for k in range(1, len(comps)):
+        y = jnp.where(pick == k, comps[k], y)
+    return y, index

@@ -182,7 +182,7 @@ def load() -> bool:
         return _loaded
     with _lock:
         if _loaded is None:
-            from invariance.data._cache import cache_dir
+            from invariance._paths import cache_dir
 
             try:
                 lib = ctypes.CDLL(str(build(cache_dir())))

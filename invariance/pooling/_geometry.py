@@ -20,22 +20,39 @@ Pads = tuple[Pair, Pair]
 PADDING_NAMES = ("VALID", "SAME")
 
 
-def _pair(v: int | Sequence[int], name: str) -> Pair:
-    if isinstance(v, (int, np.integer)):
+def _is_int(v: Any) -> bool:
+    """A Python or numpy integer, not a bool (True would silently mean 1)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _pair(v: Any, name: str) -> Pair:
+    """An int or an ``(h, w)`` pair of ints, each >= 1 -> ``(h, w)``; anything else (a float,
+    a string, a bool, a pair of floats) is refused in one line naming ``name``."""
+    if _is_int(v):
         out = (int(v), int(v))
+    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(a) for a in v):
+        out = (int(v[0]), int(v[1]))
+    elif isinstance(v, (tuple, list)) and all(_is_int(a) for a in v):
+        raise ValueError(f"{name} must be an int or an (h, w) pair, got {v!r}")
     else:
-        vals = tuple(int(a) for a in v)
-        if len(vals) != 2:
-            raise ValueError(f"{name} must be an int or an (h, w) pair, got {v!r}")
-        out = vals
+        raise TypeError(
+            f"{name} must be an int or an (h, w) pair of ints, got {v!r} ({type(v).__name__})"
+        )
     if min(out) < 1:
         raise ValueError(f"{name} must be >= 1, got {v!r}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _check_rank(x: jax.Array) -> None:
+    """``x`` must be ``(..., H, W, C)`` of a real numeric dtype (not bool, not complex)."""
     if jnp.ndim(x) < 3:
         raise ValueError(f"x must be (..., H, W, C) with rank >= 3, got shape {jnp.shape(x)}")
+    dtype = jnp.result_type(x)
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(
+            f"x must be a float or integer array, got dtype {dtype} (cast it, e.g. "
+            "x.astype(jnp.float32))"
+        )
 
 
 def _resolve_pads(size: Pair, window: Pair, stride: Pair, padding: Any) -> Pads:
@@ -54,13 +71,15 @@ def _resolve_pads(size: Pair, window: Pair, stride: Pair, padding: Any) -> Pads:
             f"unknown padding {padding!r}: valid are 'VALID', 'SAME', an int, "
             "or ((top, bottom), (left, right))"
         )
-    if isinstance(padding, (int, np.integer)):
+    if _is_int(padding):
         p = int(padding)
         if p < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
         return ((p, p), (p, p))
     try:
         (t, b), (l, r) = padding
+        if not all(_is_int(a) for a in (t, b, l, r)):
+            raise TypeError
         pads = ((int(t), int(b)), (int(l), int(r)))
     except (TypeError, ValueError):
         raise ValueError(
@@ -168,7 +187,3 @@ def _lowest(dtype) -> Any:
     if jnp.issubdtype(dtype, jnp.floating):
         return -jnp.inf
     return jnp.iinfo(dtype).min
-
-
-def _is_concrete(v: Any) -> bool:
-    return not isinstance(v, jax.core.Tracer)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from invariance._checks import is_concrete as _is_concrete
 from invariance.pooling import _cpu_kernel
 from invariance.pooling._geometry import (
     Pads,
@@ -16,7 +18,6 @@ from invariance.pooling._geometry import (
     _check_no_empty_window,
     _check_rank,
     _geometry,
-    _is_concrete,
     _lowest,
     _pad_hw,
     _slice,
@@ -122,7 +123,7 @@ def _max_pool_bwd(win, st, pads, out_hw, res, g):
 _max_pool_core.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = "VALID") -> jax.Array:
+def max_pool(x: jax.Array, window: Any, *, stride: Any = None, padding: Any = "VALID") -> jax.Array:
     """Max pooling, as ``torch.nn.MaxPool2d`` (padded positions never win).
 
     Args:
@@ -147,13 +148,14 @@ def max_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = "VALI
     return _max_pool_core(x, win, st, pads, out_hw)
 
 
-def min_pool(x: jax.Array, window: Any, stride: Any = None, padding: Any = "VALID") -> jax.Array:
+def min_pool(x: jax.Array, window: Any, *, stride: Any = None, padding: Any = "VALID") -> jax.Array:
     """Min pooling: ``-max_pool(-x)``; padded positions never win.
 
     Args and returns as :func:`max_pool`. The gradient goes to the first minimum in row-major
     order of each window.
     """
-    return -max_pool(-x, window, stride, padding)
+    _check_rank(x)
+    return -max_pool(-x, window, stride=stride, padding=padding)
 
 
 def _window_sum(x: jax.Array, win: Pair, st: Pair, pads: Pads, out_hw: Pair) -> jax.Array:
@@ -164,6 +166,7 @@ def _window_sum(x: jax.Array, win: Pair, st: Pair, pads: Pads, out_hw: Pair) -> 
 def avg_pool(
     x: jax.Array,
     window: Any,
+    *,
     stride: Any = None,
     padding: Any = "VALID",
     count_include_pad: bool = True,
@@ -193,43 +196,76 @@ def _np_window_sum(a: np.ndarray, win: Pair, st: Pair, pads: Pads, out_hw: Pair)
     return sum(_slice(ap, i, j, st, out_hw) for i in range(win[0]) for j in range(win[1]))
 
 
-def lp_pool(
-    x: jax.Array, p: float, window: Any, stride: Any = None, padding: Any = "VALID"
-) -> jax.Array:
-    """Power-average pooling, ``torch.nn.LPPool2d``: ``(sum over window of x^p)^(1/p)``.
+def _check_p(p: Any) -> None:
+    """A concrete ``p`` must be a real number > 0 (``inf`` allowed); a traced one is not checked."""
+    if not _is_concrete(p):
+        return
+    numeric = isinstance(p, (numbers.Real, np.ndarray, jax.Array)) and np.ndim(p) == 0
+    if not numeric or isinstance(p, (bool, np.bool_)) or jnp.result_type(p) == jnp.bool_:
+        raise TypeError(f"lp_pool p must be a real number > 0 (or inf), got {p!r}")
+    v = float(p)
+    if not v > 0:  # also NaN
+        raise ValueError(f"lp_pool needs p > 0 (or inf), got {p!r}")
 
-    As in torch, the result is ``sign(s) * relu(|s|)^(1/p)`` with ``s`` the window sum of
-    ``x^p``; padded positions add 0. ``p = 1`` is sum pooling; large ``p`` approaches max
-    pooling (Boureau et al. 2010). For non-integer ``p`` use non-negative inputs (after a
-    ReLU), as ``x^p`` is NaN for negative ``x``. The gradient is 0 where a window sums to 0.
+
+def lp_pool(
+    x: jax.Array, window: Any, *, p: Any = 2.0, stride: Any = None, padding: Any = "VALID"
+) -> jax.Array:
+    """Power-average pooling, exactly ``torch.nn.LPPool2d``: ``s^(1/p)`` with ``s`` the window
+    sum of ``x^p`` (padded positions add 0).
+
+    ``p = 1`` is sum pooling; large ``p`` approaches max pooling (Boureau et al. 2010, "A
+    theoretical analysis of feature pooling in visual recognition"); ``p = inf`` is
+    ``max_pool(|x|)`` (torch's definition, the limit for non-negative inputs). As in torch,
+    a window whose ``s`` is negative (possible for odd integer ``p`` or ``p = 1`` on signed
+    inputs) gives ``s^(1/p)`` as ``pow`` defines it: ``s`` itself for ``p = 1``, NaN when
+    ``1/p`` is not an integer; a non-integer ``p`` makes ``x^p`` NaN for negative ``x``, so
+    use non-negative inputs (after a ReLU) there. A window with ``s = 0`` outputs 0 with
+    gradient 0 (torch's convention).
+
+    Integer-valued ``p`` is computed with multiplications, and ``p = 2`` as the square root of
+    a sum of squares (no ``pow``, whose exp / log XLA:CPU evaluates slowly).
 
     Args:
         x: ``(..., H, W, C)``.
-        p: the power, > 0.
-        window, stride, padding: as :func:`max_pool`.
+        window: window size, int or (h, w).
+        p: the power, > 0 or ``inf`` (a float or int; a traced ``p`` is not checked).
+        stride, padding: as :func:`max_pool`.
 
     Returns:
         ``(..., H', W', C)``.
     """
-    if isinstance(p, (int, float)) and not p > 0:
-        raise ValueError(f"lp_pool needs p > 0, got {p}")
+    _check_p(p)
+    concrete = _is_concrete(p)
+    if concrete and float(p) == np.inf:
+        return max_pool(jnp.abs(x), window, stride=stride, padding=padding)
     win, st, pads, out_hw = _geometry(x, window, stride, padding)
-    s = _window_sum(x**p, win, st, pads, out_hw)
-    pos = s > 0
-    safe = jnp.where(pos, s, jnp.ones_like(s))
-    return jnp.where(pos, safe ** (1.0 / p), jnp.zeros_like(s))
+    integral = concrete and float(p).is_integer()
+    powered = x ** int(p) if integral else x**p  # int: lax.integer_pow (multiplications)
+    s = _window_sum(powered, win, st, pads, out_hw)
+    zero = s == 0
+    safe = jnp.where(zero, jnp.ones_like(s), s)
+    if concrete and float(p) == 1:
+        root = safe
+    elif concrete and float(p) == 2:
+        root = jnp.sqrt(safe)
+    else:
+        root = safe ** (1.0 / p)
+    return jnp.where(zero, jnp.zeros_like(s), root)
 
 
 def mixed_pool(
-    x: jax.Array, alpha: Any, window: Any, stride: Any = None, padding: Any = "VALID"
+    x: jax.Array, window: Any, *, alpha: Any, stride: Any = None, padding: Any = "VALID"
 ) -> jax.Array:
-    """Mixed pooling (Yu et al. 2014): ``alpha * max_pool + (1 - alpha) * avg_pool``.
+    """Mixed pooling (Yu et al. 2014, "Mixed pooling for convolutional neural networks"):
+    ``alpha * max_pool + (1 - alpha) * avg_pool``.
 
     Args:
         x: ``(..., H, W, C)``.
+        window: window size, int or (h, w).
         alpha: a scalar or a per-channel array of shape ``(C,)``, in [0, 1] (checked when
             concrete; a learned alpha is kept in range by the model, e.g. with a sigmoid).
-        window, stride, padding: as :func:`max_pool`.
+        stride, padding: as :func:`max_pool`.
 
     Returns:
         ``(..., H', W', C)``.
@@ -241,13 +277,18 @@ def mixed_pool(
     if jnp.ndim(alpha) not in (0, 1):
         raise ValueError(f"mixed_pool alpha must be a scalar or shape (C,), got {jnp.shape(alpha)}")
     alpha = jnp.asarray(alpha, dtype=jnp.result_type(x.dtype, jnp.float32))
-    return alpha * max_pool(x, window, stride, padding) + (1 - alpha) * avg_pool(
-        x, window, stride, padding
-    )
+    geo = {"stride": stride, "padding": padding}
+    return alpha * max_pool(x, window, **geo) + (1 - alpha) * avg_pool(x, window, **geo)
 
 
 def stochastic_pool(
-    key: jax.Array, x: jax.Array, window: Any, stride: Any = None, *, train: bool = True
+    x: jax.Array,
+    window: Any,
+    *,
+    stride: Any = None,
+    padding: Any = "VALID",
+    key: jax.Array | None = None,
+    train: bool = True,
 ) -> jax.Array:
     """Stochastic pooling (Zeiler & Fergus 2013, "Stochastic Pooling for Regularization of Deep
     Convolutional Neural Networks").
@@ -258,32 +299,50 @@ def stochastic_pool(
     A window whose activations are all 0 outputs 0. No padding (as in the paper).
 
     Args:
-        key: a PRNG key; each output position draws independently (unused when
-            ``train=False``).
         x: ``(..., H, W, C)``.
-        window, stride: as :func:`max_pool`.
+        window: window size, int or (h, w).
+        stride: as :func:`max_pool`.
+        padding: "VALID" only (any other value is refused).
+        key: a PRNG key, needed when ``train=True``; each output position draws
+            independently (unused when ``train=False``).
         train: sample (True) or take the expectation (False).
 
     Returns:
         ``(..., H', W', C)``. The gradient flows to the sampled element (training) or through
         the weighted average (evaluation).
     """
+    if not (isinstance(padding, str) and padding.upper() == "VALID"):
+        raise ValueError(f"stochastic pooling needs padding='VALID', got {padding!r}")
+    if train and key is None:
+        raise ValueError("stochastic_pool needs key=... when train=True (or train=False)")
     win, st, pads, out_hw = _geometry(x, window, stride, "VALID")
-    a = jnp.stack(_window_slices(x, win, st, out_hw), axis=-1)  # (..., Ho, Wo, C, K)
-    w = jnp.maximum(a, 0)
-    total = jnp.sum(w, axis=-1, keepdims=True)
-    safe_total = jnp.where(total > 0, total, jnp.ones_like(total))
+    # One array per window element instead of a stacked (..., K) axis: no transposed copy, and
+    # the sampled element is picked with selects (gradient: selects) instead of a gather
+    # (gradient: a scatter, slow on the CPU). The running sums are the same sequential sums
+    # as jnp.cumsum's, so the samples are the same bits as the stacked formulation's.
+    a = _window_slices(x, win, st, out_hw)
+    w = [jnp.maximum(v, 0) for v in a]
+    total = functools.reduce(jnp.add, w)
+    pos = total > 0
     if not train:
-        return jnp.sum(w * a, axis=-1) / safe_total[..., 0]
+        safe_total = jnp.where(pos, total, jnp.ones_like(total))
+        return (
+            functools.reduce(jnp.add, [wi * ai for wi, ai in zip(w, a, strict=True)]) / safe_total
+        )
     u = jax.random.uniform(key, total.shape, dtype=total.dtype) * total
-    cum = jnp.cumsum(w, axis=-1)
-    # The first k with cumsum > u; clip guards against rounding in the last bin.
-    idx = jnp.minimum(jnp.sum(cum <= u, axis=-1, keepdims=True), a.shape[-1] - 1)
-    chosen = jnp.take_along_axis(a, idx, axis=-1)[..., 0]
-    return jnp.where(total[..., 0] > 0, chosen, jnp.zeros_like(chosen))
+    # The first k with cumsum > u; the last element when rounding leaves none (the clip).
+    chosen, cum = a[-1], w[0]
+    taken = cum > u
+    chosen = jnp.where(taken, a[0], chosen)
+    for k in range(1, len(a) - 1):
+        cum = cum + w[k]
+        now = (cum > u) & ~taken
+        chosen = jnp.where(now, a[k], chosen)
+        taken = taken | now
+    return jnp.where(pos, chosen, jnp.zeros_like(chosen))
 
 
-def global_pool(x: jax.Array, kind: str = "avg") -> jax.Array:
+def global_pool(x: jax.Array, *, kind: str = "avg") -> jax.Array:
     """Global pooling over both spatial dims: one value per channel.
 
     Exactly invariant to circular shifts of ``x`` (and to any permutation of positions).

@@ -17,9 +17,10 @@ How a run is laid out:
   ``jax.vmap`` over the seeds on GPU / TPU; on the CPU by default one unrolled copy of the
   model per seed (``vmap_seeds=1``), since XLA:CPU runs the grouped convolutions that vmap
   over conv kernels becomes ~10x slower per model (``scripts/bench_train.py``).
-- **One program**: the step is compiled once before the loop (a trace counter raises
-  ``RecompileError`` on a second trace); the training set lives on the devices, each step
-  gathers its batch by index, so the host only dispatches.
+- **One program**: the step (:func:`make_train_step`, on the state of
+  :func:`init_train_state`; public, so benchmarks time what training runs) is compiled once
+  before the loop (a trace counter raises ``RecompileError`` on a second trace); the training
+  set lives on the devices, each step gathers its batch by index, so the host only dispatches.
 - **PRNG discipline** (one root key, ``fold_in`` everywhere): model ``i`` has
   ``k_i = fold_in(key(seed), seed_offset + i)``; init ``fold_in(k_i, 0)``; the data order of
   epoch ``e`` (1-based) is ``permutation(fold_in(fold_in(k_i, 1), e))``; step ``s`` (0-based)
@@ -39,13 +40,10 @@ from invariance.train._config import (
     make_optimizer,
     make_schedule,
 )
-from invariance.train._eval import evaluate, make_apply_fn, make_features_fn, map_seeds
-from invariance.train._loop import (
-    RecompileError,
-    TrainingDivergedError,
-    TrainResult,
-    train,
-)
+from invariance.train._eval import evaluate, make_apply_fn, make_features_fn
+from invariance.train._loop import TrainingDivergedError, TrainResult, train
+from invariance.train._seeds import map_seeds
+from invariance.train._step import RecompileError, init_train_state, make_train_step
 
 __all__ = [
     "OPTIMIZERS",
@@ -55,9 +53,11 @@ __all__ = [
     "TrainingDivergedError",
     "default_config",
     "evaluate",
+    "init_train_state",
     "make_apply_fn",
     "make_features_fn",
     "make_optimizer",
+    "make_train_step",
     "make_schedule",
     "map_seeds",
     "train",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import logging
 import tempfile
@@ -20,7 +19,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
@@ -34,18 +32,20 @@ from invariance.train._config import (
     make_schedule,
     validate,
 )
-from invariance.train._eval import (
-    DATA_AXIS,
-    Evaluator,
-    map_seeds,
-    resolve_vmap_seeds,
-    to_float,
+from invariance.train._eval import Evaluator
+from invariance.train._seeds import resolve_vmap_seeds
+from invariance.train._step import (
+    DATA_STREAM,
+    INIT_STREAM,
+    STEP_STREAM,
+    _abstract_state,
+    _default_mesh,
+    _permutations,
+    init_train_state,
+    make_train_step,
 )
 
 log = logging.getLogger(__name__)
-
-# Streams folded into each model's key (see the package docstring: PRNG discipline).
-INIT_STREAM, DATA_STREAM, STEP_STREAM = 0, 1, 2
 
 
 class TrainingDivergedError(RuntimeError):
@@ -61,10 +61,6 @@ class TrainingDivergedError(RuntimeError):
     def __init__(self, message: str, *, step: int, epoch: int, seed: int, run_dir: Path):
         super().__init__(message)
         self.step, self.epoch, self.seed, self.run_dir = step, epoch, seed, run_dir
-
-
-class RecompileError(RuntimeError):
-    """The train step was traced a second time: a shape, dtype or sharding changed."""
 
 
 @dataclasses.dataclass
@@ -108,143 +104,6 @@ def _load_data(config: ml_collections.ConfigDict) -> tuple[np.ndarray, ...]:
             images, labels = images[:n], labels[:n]
         out += [np.asarray(images), np.asarray(labels, np.int32)]
     return tuple(out)
-
-
-def _init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> Any:
-    """One model's variables for float32 inputs ``(1, *input_shape)`` (eval-mode init)."""
-    from invariance.models import init_model
-
-    return init_model(model, key, (1, *input_shape))
-
-
-def _seed_keys(seed: int, seed_offset: int, num_seeds: int) -> jax.Array:
-    """Model ``i``'s key: ``fold_in(key(seed), seed_offset + i)``; shape (num_seeds,)."""
-    root = jax.random.key(seed)
-    ids = jnp.arange(num_seeds) + seed_offset
-    return jax.vmap(lambda s: jax.random.fold_in(root, s))(ids)
-
-
-def _config_keys(config: ml_collections.ConfigDict) -> jax.Array:
-    return _seed_keys(config.seed, config.seed_offset, config.num_seeds)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _permutations(
-    seed: int, seed_offset: int, num_seeds: int, n: int, epoch: jax.Array
-) -> jax.Array:
-    """Each model's data order of ``epoch`` (1-based): int32 (num_seeds, n)."""
-
-    def one(key):
-        key = jax.random.fold_in(jax.random.fold_in(key, DATA_STREAM), epoch)
-        return jax.random.permutation(key, n).astype(jnp.int32)
-
-    return jax.vmap(one)(_seed_keys(seed, seed_offset, num_seeds))
-
-
-@functools.lru_cache(maxsize=64)
-def _jitted_init(model: nn.Module, input_shape: tuple[int, ...]) -> Callable:
-    # One seed per call: compiling the vmapped init costs twice as long on the CPU (threefry),
-    # and this compiled program is reused by every run of the same model in the process.
-    return jax.jit(functools.partial(_init_variables, model, input_shape=input_shape))
-
-
-def _init_state(model, tx, config, input_shape, sharding) -> dict:
-    """The stacked train state: variables and optimizer state of every seed, step 0."""
-    try:
-        init = _jitted_init(model, tuple(input_shape))
-    except TypeError:  # an unhashable module
-        init = jax.jit(functools.partial(_init_variables, model, input_shape=tuple(input_shape)))
-    keys = _config_keys(config)
-    per_seed = [init(jax.random.fold_in(keys[i], INIT_STREAM)) for i in range(config.num_seeds)]
-    variables = jax.tree.map(lambda *a: jnp.stack(a), *per_seed)
-    state = {
-        "variables": variables,
-        "opt_state": jax.vmap(tx.init)(variables["params"]),
-        "step": jnp.zeros((), jnp.int32),
-    }
-    return jax.device_put(state, sharding)
-
-
-def _abstract_state(model, tx, config, input_shape, sharding) -> dict:
-    """The train state's shapes, dtypes and shardings, without computing it (no compile)."""
-
-    def init():
-        keys = _config_keys(config)
-        variables = jax.vmap(lambda k: _init_variables(model, k, tuple(input_shape)))(keys)
-        opt_state = jax.vmap(tx.init)(variables["params"])
-        return {"variables": variables, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
-
-    return jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), jax.eval_shape(init)
-    )
-
-
-def _make_step(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    config: ml_collections.ConfigDict,
-    *,
-    steps_per_epoch: int,
-    global_batch: int,
-    batch_sharding: NamedSharding,
-) -> Callable:
-    """The train step for all seeds: ``(state, images, labels, perms) -> (state, metrics)``.
-
-    ``images`` uint8 (N, H, W, C) and ``labels`` (N,) are the whole training set (replicated);
-    ``perms`` int32 (num_seeds, N) the epoch's per-seed orders. The step takes batch
-    ``state["step"] % steps_per_epoch`` of each order, shards it over the mesh's data axis,
-    and runs forward, loss, gradient and update of every seed (:func:`map_seeds`: one
-    ``jax.vmap``, or ``config.vmap_seeds`` seeds per vmapped chunk).
-    """
-    traces = [0]
-
-    def loss_and_update(variables, opt_state, x, y, key):
-        params = variables["params"]
-        rest = {k: v for k, v in variables.items() if k != "params"}
-        k_pool, k_dropout = jax.random.split(key)
-        rngs = {"pool": k_pool, "dropout": k_dropout}
-
-        def loss_fn(p):
-            if rest:
-                logits, new_rest = model.apply(
-                    {"params": p, **rest}, x, train=True, rngs=rngs, mutable=list(rest)
-                )
-            else:
-                logits, new_rest = model.apply({"params": p}, x, train=True, rngs=rngs), {}
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, (logits, new_rest)
-
-        (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        return {"params": params, **new_rest}, opt_state, loss, accuracy
-
-    def step_fn(state, images, labels, perms):
-        traces[0] += 1
-        if traces[0] > 1:
-            raise RecompileError(
-                "the train step was traced twice (a shape, dtype or sharding changed); "
-                "every step must reuse one compiled program"
-            )
-        step = state["step"]
-        start = (step % steps_per_epoch) * global_batch
-        idx = lax.dynamic_slice_in_dim(perms, start, global_batch, axis=1)  # (S, B)
-        idx = lax.with_sharding_constraint(idx, batch_sharding)
-        x = to_float(jnp.take(images, idx, axis=0))  # (S, B, H, W, C) float32 in [0, 1]
-        y = jnp.take(labels, idx, axis=0)
-        step_keys = jax.vmap(
-            lambda k: jax.random.fold_in(jax.random.fold_in(k, STEP_STREAM), step)
-        )(_config_keys(config))
-        variables, opt_state, loss, accuracy = map_seeds(
-            loss_and_update,
-            (state["variables"], state["opt_state"], x, y, step_keys),
-            vmap_seeds=resolve_vmap_seeds(config.vmap_seeds, config.num_seeds),
-        )
-        new_state = {"variables": variables, "opt_state": opt_state, "step": step + 1}
-        return new_state, {"loss": loss, "accuracy": accuracy}
-
-    return step_fn
 
 
 def _check_resume(run_dir: Path, config: ml_collections.ConfigDict) -> None:
@@ -331,8 +190,7 @@ def train(
     if is_writer:
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    mesh = Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
-    replicated = NamedSharding(mesh, P())
+    mesh = _default_mesh()
     global_batch = config.batch_size * mesh.size
     train_x, train_y, test_x, test_y = _load_data(config)
     steps_per_epoch = len(train_x) // global_batch
@@ -351,16 +209,9 @@ def train(
 
     checkpoints = ckpt_lib.Checkpoints(run_dir, keep=config.keep_checkpoints)
     try:
-        start_epoch = checkpoints.latest_epoch() or 0
-        if start_epoch:
-            _check_resume(run_dir, config)
-            abstract = _abstract_state(model, tx, config, input_shape, replicated)
-            state, meta = checkpoints.restore(start_epoch, abstract)
-            history = list(meta["history"])[:start_epoch]
-            log.info("resuming %s from epoch %d", run_dir, start_epoch)
-        else:
-            state = _init_state(model, tx, config, input_shape, replicated)
-            history = []
+        start_epoch, state, history = _restore_or_init(
+            checkpoints, run_dir, model, tx, config, input_shape, mesh
+        )
         if is_writer:
             atomic_write_json(run_dir / ckpt_lib.CONFIG_FILE, config.to_dict())
             ckpt_lib.rewrite_metrics(run_dir, history)
@@ -384,6 +235,33 @@ def train(
     )
 
 
+def _restore_or_init(
+    checkpoints: ckpt_lib.Checkpoints,
+    run_dir: Path,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    input_shape: tuple[int, ...],
+    mesh: Mesh,
+) -> tuple[int, dict, list[dict]]:
+    """``(start_epoch, state, history)``: the newest checkpoint's (after checking that the
+    run is the same one), or epoch 0 with a fresh state and no history."""
+    start_epoch = checkpoints.latest_epoch() or 0
+    if not start_epoch:
+        return 0, init_train_state(model, tx, config, input_shape, mesh=mesh), []
+    _check_resume(run_dir, config)
+    abstract = _abstract_state(model, tx, config, input_shape, NamedSharding(mesh, P()))
+    state, meta = checkpoints.restore(start_epoch, abstract)
+    log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    return start_epoch, state, list(meta["history"])[:start_epoch]
+
+
+def _epoch_orders(config: ml_collections.ConfigDict, n: int, epoch: int, mesh: Mesh) -> jax.Array:
+    """Every seed's data order of ``epoch``, int32 ``(num_seeds, n)``, replicated."""
+    perms = _permutations(config.seed, config.seed_offset, config.num_seeds, n, np.int32(epoch))
+    return jax.device_put(perms, NamedSharding(mesh, P()))
+
+
 def _run_epochs(
     state: dict,
     model: nn.Module,
@@ -403,13 +281,8 @@ def _run_epochs(
     """
     train_x, train_y, test_x, test_y = data
     replicated = NamedSharding(mesh, P())
-    global_batch = config.batch_size * mesh.size
-    n_train = len(train_x)
-    steps_per_epoch = n_train // global_batch
-    schedule = make_schedule(config, steps_per_epoch)
-    num_seeds = config.num_seeds
+    steps_per_epoch = len(train_x) // (config.batch_size * mesh.size)
     is_writer = jax.process_index() == 0
-
     images = jax.device_put(train_x, replicated)
     labels = jax.device_put(train_y, replicated)
     evaluator = Evaluator(
@@ -418,138 +291,201 @@ def _run_epochs(
         batch_size=(config.eval_batch_size or config.batch_size) * mesh.size,
         mesh=mesh,
     )
-
-    def permutations(epoch: int) -> jax.Array:
-        perms = _permutations(config.seed, config.seed_offset, num_seeds, n_train, np.int32(epoch))
-        return jax.device_put(perms, replicated)
-
-    step_fn = _make_step(
-        model,
-        tx,
-        config,
-        steps_per_epoch=steps_per_epoch,
-        global_batch=global_batch,
-        batch_sharding=NamedSharding(mesh, P(None, DATA_AXIS)),
-    )
     t0 = time.perf_counter()
     step = (
-        jax.jit(
-            step_fn,
-            in_shardings=(replicated, replicated, replicated, replicated),
-            out_shardings=(replicated, replicated),
-            donate_argnums=(0,),
-        )
+        make_train_step(model, tx, config, steps_per_epoch=steps_per_epoch, mesh=mesh)
         .lower(
             state,
             images,
             labels,
-            jax.ShapeDtypeStruct((num_seeds, n_train), jnp.int32, sharding=replicated),
+            jax.ShapeDtypeStruct((config.num_seeds, len(train_x)), jnp.int32, sharding=replicated),
         )
         .compile()
     )
     compile_seconds = time.perf_counter() - t0
     if is_writer:
-        atomic_write_json(
-            run_dir / ckpt_lib.PROVENANCE_FILE,
-            {
-                **provenance(),
-                "device_count": mesh.size,
-                "global_batch_size": global_batch,
-                "steps_per_epoch": steps_per_epoch,
-                "train_examples": n_train,
-                "eval_examples": len(test_x),
-                "compile_seconds": round(compile_seconds, 3),
-                "seeds": [config.seed_offset + i for i in range(num_seeds)],
-                "vmap_seeds": resolve_vmap_seeds(config.vmap_seeds, num_seeds),
-                "keys": (
-                    f"model i: k = fold_in(key({config.seed}), seed_offset + i); init "
-                    f"fold_in(k, {INIT_STREAM}); epoch e order "
-                    f"permutation(fold_in(fold_in(k, {DATA_STREAM}), e)); step s (0-based) "
-                    f"split(fold_in(fold_in(k, {STEP_STREAM}), s)) -> pool, dropout"
-                ),
-            },
+        _write_provenance(
+            run_dir, config, mesh, steps_per_epoch, (len(train_x), len(test_x)), compile_seconds
         )
-
-    images_per_step = global_batch * num_seeds
     for epoch in epochs:
-        perms = permutations(epoch)
-        loss_sum = np.zeros(num_seeds)
-        acc_sum = np.zeros(num_seeds)
-        done = 0
+        perms = _epoch_orders(config, len(train_x), epoch, mesh)
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{config.num_epochs}",
             disable=not config.progress,
             unit="step",
         )
-        t_epoch = time.perf_counter()
-        pending: list[dict] = []
-        for i in range(steps_per_epoch):
-            state, metrics = step(state, images, labels, perms)
-            pending.append(metrics)
-            if (i + 1) % config.log_every_steps and i + 1 < steps_per_epoch:
-                continue
-            got = jax.device_get(pending)
-            pending = []
-            losses = np.stack([g["loss"] for g in got])  # (k, num_seeds)
-            bad = np.argwhere(~np.isfinite(losses))
-            if len(bad):
-                bar.close()
-                j, s = (int(v) for v in bad[0])
-                gstep = (epoch - 1) * steps_per_epoch + done + j + 1
-                seed = config.seed_offset + s
-                raise TrainingDivergedError(
-                    f"training diverged: loss {losses[j, s]} at step {gstep} (epoch {epoch}) "
-                    f"for seed {seed} (model {s} of {num_seeds}); {run_dir} keeps the "
-                    f"checkpoints of epochs {checkpoints.all_epochs()} and {len(history)} "
-                    "metrics rows",
-                    step=gstep,
-                    epoch=epoch,
-                    seed=seed,
-                    run_dir=run_dir,
-                )
-            loss_sum += losses.sum(0)
-            acc_sum += np.stack([g["accuracy"] for g in got]).sum(0)
-            done += len(got)
-            bar.update(len(got))
-            bar.set_postfix(
-                loss=f"{losses[-1].mean():.4f}",
-                img_s=f"{done * images_per_step / (time.perf_counter() - t_epoch):.0f}",
-            )
-        seconds = time.perf_counter() - t_epoch
-
+        state, sums, seconds = _train_epoch(
+            step,
+            state,
+            (images, labels, perms),
+            config,
+            epoch=epoch,
+            steps_per_epoch=steps_per_epoch,
+            images_per_step=config.batch_size * mesh.size * config.num_seeds,
+            bar=bar,
+            failure_note=lambda: (
+                f"{run_dir} keeps the checkpoints of epochs {checkpoints.all_epochs()} and "
+                f"{len(history)} metrics rows"
+            ),
+            run_dir=run_dir,
+        )
         t_eval = time.perf_counter()
         test_accuracy = evaluator(model, state["variables"], vmap_seeds=config.vmap_seeds)
-        eval_seconds = time.perf_counter() - t_eval
-        gstep = epoch * steps_per_epoch
-        row = {
-            "epoch": epoch,
-            "step": gstep,
-            **_mean_row("train_loss", loss_sum / steps_per_epoch),
-            **_mean_row("train_accuracy", acc_sum / steps_per_epoch),
-            **_mean_row("test_accuracy", test_accuracy),
-            "learning_rate": float(schedule(gstep - 1)),
-            "images_per_second": steps_per_epoch * images_per_step / seconds,
-            "images_per_second_per_model": steps_per_epoch * global_batch / seconds,
-            "seconds": seconds,
-            "eval_seconds": eval_seconds,
-        }
+        timing = {"seconds": seconds, "eval_seconds": time.perf_counter() - t_eval}
+        row = _epoch_row(config, epoch, steps_per_epoch, mesh.size, sums, test_accuracy, timing)
         bar.set_postfix(
             loss=f"{row['train_loss']:.4f}",
             test_acc=f"{row['test_accuracy']:.4f}",
             img_s=f"{row['images_per_second']:.0f}",
         )
         bar.close()
-        history.append(row)
-        if epoch % config.checkpoint_every_epochs == 0 or epoch == epochs[-1]:
-            checkpoints.save(epoch, state, {"epoch": epoch, "history": history})
-        if is_writer:
-            ckpt_lib.append_metrics(run_dir, row)
-        log.info(
-            "epoch %d: loss %.4f, test accuracy %.4f, %.0f images/s",
-            epoch,
-            row["train_loss"],
-            row["test_accuracy"],
-            row["images_per_second"],
-        )
+        _finish_epoch(row, state, history, config, checkpoints, run_dir, last=epochs[-1])
     return state
+
+
+def _write_provenance(
+    run_dir: Path,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    steps_per_epoch: int,
+    examples: tuple[int, int],
+    compile_seconds: float,
+) -> None:
+    """``run_dir/provenance.json``: :func:`provenance` plus the run's layout (``examples``:
+    train and eval counts), the step's compile time and the key derivation."""
+    atomic_write_json(
+        run_dir / ckpt_lib.PROVENANCE_FILE,
+        {
+            **provenance(),
+            "device_count": mesh.size,
+            "global_batch_size": config.batch_size * mesh.size,
+            "steps_per_epoch": steps_per_epoch,
+            "train_examples": examples[0],
+            "eval_examples": examples[1],
+            "compile_seconds": round(compile_seconds, 3),
+            "seeds": [config.seed_offset + i for i in range(config.num_seeds)],
+            "vmap_seeds": resolve_vmap_seeds(config.vmap_seeds, config.num_seeds),
+            "keys": (
+                f"model i: k = fold_in(key({config.seed}), seed_offset + i); init "
+                f"fold_in(k, {INIT_STREAM}); epoch e order "
+                f"permutation(fold_in(fold_in(k, {DATA_STREAM}), e)); step s (0-based) "
+                f"split(fold_in(fold_in(k, {STEP_STREAM}), s)) -> pool, dropout"
+            ),
+        },
+    )
+
+
+def _train_epoch(
+    step: Callable,
+    state: dict,
+    arrays: tuple[jax.Array, jax.Array, jax.Array],
+    config: ml_collections.ConfigDict,
+    *,
+    epoch: int,
+    steps_per_epoch: int,
+    images_per_step: int,
+    bar: Any,
+    failure_note: Callable[[], str],
+    run_dir: Path,
+) -> tuple[dict, tuple[np.ndarray, np.ndarray], float]:
+    """Runs one epoch's steps; fetches the metrics every ``log_every_steps`` steps.
+
+    Returns:
+        ``(state, (loss_sum, accuracy_sum), seconds)``: the sums over the epoch's steps per
+        seed, float64 ``(num_seeds,)``, and the epoch's training seconds.
+
+    Raises:
+        TrainingDivergedError: a fetched loss is not finite.
+    """
+    loss_sum = np.zeros(config.num_seeds)
+    acc_sum = np.zeros(config.num_seeds)
+    done = 0
+    t_epoch = time.perf_counter()
+    pending: list[dict] = []
+    for i in range(steps_per_epoch):
+        state, metrics = step(state, *arrays)
+        pending.append(metrics)
+        if (i + 1) % config.log_every_steps and i + 1 < steps_per_epoch:
+            continue
+        got = jax.device_get(pending)
+        pending = []
+        losses = np.stack([g["loss"] for g in got])  # (k, num_seeds)
+        bad = np.argwhere(~np.isfinite(losses))
+        if len(bad):
+            bar.close()
+            j, s = (int(v) for v in bad[0])
+            gstep = (epoch - 1) * steps_per_epoch + done + j + 1
+            seed = config.seed_offset + s
+            raise TrainingDivergedError(
+                f"training diverged: loss {losses[j, s]} at step {gstep} (epoch {epoch}) "
+                f"for seed {seed} (model {s} of {config.num_seeds}); {failure_note()}",
+                step=gstep,
+                epoch=epoch,
+                seed=seed,
+                run_dir=run_dir,
+            )
+        loss_sum += losses.sum(0)
+        acc_sum += np.stack([g["accuracy"] for g in got]).sum(0)
+        done += len(got)
+        bar.update(len(got))
+        bar.set_postfix(
+            loss=f"{losses[-1].mean():.4f}",
+            img_s=f"{done * images_per_step / (time.perf_counter() - t_epoch):.0f}",
+        )
+    return state, (loss_sum, acc_sum), time.perf_counter() - t_epoch
+
+
+def _epoch_row(
+    config: ml_collections.ConfigDict,
+    epoch: int,
+    steps_per_epoch: int,
+    device_count: int,
+    sums: tuple[np.ndarray, np.ndarray],
+    test_accuracy: np.ndarray,
+    timing: dict[str, float],
+) -> dict:
+    """One ``metrics.jsonl`` row (see :class:`TrainResult`'s ``history``)."""
+    global_batch = config.batch_size * device_count
+    seconds = timing["seconds"]
+    gstep = epoch * steps_per_epoch
+    loss_sum, acc_sum = sums
+    return {
+        "epoch": epoch,
+        "step": gstep,
+        **_mean_row("train_loss", loss_sum / steps_per_epoch),
+        **_mean_row("train_accuracy", acc_sum / steps_per_epoch),
+        **_mean_row("test_accuracy", test_accuracy),
+        "learning_rate": float(make_schedule(config, steps_per_epoch)(gstep - 1)),
+        "images_per_second": steps_per_epoch * global_batch * config.num_seeds / seconds,
+        "images_per_second_per_model": steps_per_epoch * global_batch / seconds,
+        "seconds": seconds,
+        "eval_seconds": timing["eval_seconds"],
+    }
+
+
+def _finish_epoch(
+    row: dict,
+    state: dict,
+    history: list[dict],
+    config: ml_collections.ConfigDict,
+    checkpoints: ckpt_lib.Checkpoints,
+    run_dir: Path,
+    *,
+    last: int,
+) -> None:
+    """Appends ``row`` to ``history``, checkpoints (every ``checkpoint_every_epochs`` and at
+    the ``last`` epoch), then appends the row to ``metrics.jsonl`` and logs it."""
+    epoch = row["epoch"]
+    history.append(row)
+    if epoch % config.checkpoint_every_epochs == 0 or epoch == last:
+        checkpoints.save(epoch, state, {"epoch": epoch, "history": history})
+    if jax.process_index() == 0:
+        ckpt_lib.append_metrics(run_dir, row)
+    log.info(
+        "epoch %d: loss %.4f, test accuracy %.4f, %.0f images/s",
+        epoch,
+        row["train_loss"],
+        row["test_accuracy"],
+        row["images_per_second"],
+    )
