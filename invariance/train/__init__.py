@@ -24,7 +24,8 @@ How a run is laid out:
 - **PRNG discipline** (one root key, ``fold_in`` everywhere): model ``i`` has
   ``k_i = fold_in(key(seed), seed_offset + i)``; init ``fold_in(k_i, 0)``; the data order of
   epoch ``e`` (1-based) is ``permutation(fold_in(fold_in(k_i, 1), e))``; step ``s`` (0-based)
-  uses ``split(fold_in(fold_in(k_i, 2), s))`` as its ``"pool"`` and ``"dropout"`` keys. So
+  uses ``split(fold_in(fold_in(k_i, 2), s))`` as its ``"pool"`` and ``"dropout"`` keys (and
+  ``fold_in(fold_in(fold_in(k_i, 2), s), 3)`` for the ``augment`` of the config, if any). So
   model ``i`` of a vmapped run is the model of a one-seed run with ``seed_offset = i``, and a
   resumed run needs nothing but the epoch and step to continue identically.
 - **Run directory** (``workdir``): ``config.json`` (the resolved config), ``provenance.json``

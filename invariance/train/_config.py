@@ -8,6 +8,8 @@ import ml_collections
 import optax
 from ml_collections import config_dict
 
+from invariance.train._augment import check_augment
+
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 
@@ -22,6 +24,7 @@ IDENTITY_FIELDS = (
     "seed_offset",
     "optimizer",
     "train_examples",
+    "augment",
 )
 # Fields that only say how (long) this call runs; they may change freely between calls.
 RUNTIME_FIELDS = (
@@ -75,6 +78,10 @@ def default_config() -> ml_collections.ConfigDict:
         stop_after_epochs: end this call once this many epochs are done (None: ``num_epochs``);
             the schedule still spans ``num_epochs``: a deliberate pre-emption, for
             time-limited jobs and for tests of resuming.
+
+    A config may also hold ``augment`` (absent here, so a config without it hashes as before):
+    the training augmentation of :mod:`invariance.train._augment`, e.g. ``{"translate": 3}``
+    or ``{"mask_ratio": [0.1, 0.5]}``; an identity field of the run.
 
     Returns:
         A fresh, mutable ``ml_collections.ConfigDict``.
@@ -144,6 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.seed_offset and config.warmup_epochs must be >= 0")
     if not math.isfinite(config.learning_rate) or config.learning_rate <= 0:
         raise ValueError(f"config.learning_rate must be positive, got {config.learning_rate}")
+    check_augment(config.get("augment"))
 
 
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:

@@ -18,11 +18,14 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from invariance.train._augment import augment_batch, check_augment
 from invariance.train._eval import DATA_AXIS, to_float
 from invariance.train._seeds import map_seeds, resolve_vmap_seeds
 
 # Streams folded into each model's key (see the package docstring: PRNG discipline).
 INIT_STREAM, DATA_STREAM, STEP_STREAM = 0, 1, 2
+# Folded into a step's key for ``config.augment`` (the pool / dropout split is unchanged).
+AUGMENT_STREAM = 3
 
 
 class RecompileError(RuntimeError):
@@ -143,8 +146,11 @@ def _step_fn(
     ``jax.vmap``, or ``config.vmap_seeds`` seeds per vmapped chunk).
     """
     traces = [0]
+    augment = check_augment(config.get("augment"))
 
     def loss_and_update(variables, opt_state, x, y, key):
+        if augment:  # invariance.train._augment: per seed and step, from the step's key
+            x = augment_batch(jax.random.fold_in(key, AUGMENT_STREAM), x, augment)
         params = variables["params"]
         rest = {k: v for k, v in variables.items() if k != "params"}
         k_pool, k_dropout = jax.random.split(key)
@@ -200,7 +206,7 @@ def make_train_step(
     *,
     steps_per_epoch: int,
     mesh: Mesh | None = None,
-) -> Callable:
+) -> jax.stages.Wrapped:
     """The train step :func:`train` runs, jitted as it runs it (shardings, donated state).
 
     ``step(state, images, labels, perms) -> (state, metrics)``: ``state`` as
