@@ -117,7 +117,10 @@ def _percent_limits(ax, axis: str) -> None:
     """Keeps a percentage axis inside [-2, 102] (a CI of few seeds can reach past 0 or 100)."""
     lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
     lim = (max(lo, -2.0), min(hi, 102.0))
-    ax.set_xlim(*lim) if axis == "x" else ax.set_ylim(*lim)
+    if axis == "x":
+        ax.set_xlim(*lim)
+    else:
+        ax.set_ylim(*lim)
 
 
 def _style(plt, i: int) -> dict[str, Any]:
@@ -170,7 +173,8 @@ def _accuracy_consistency(name: str, rows: list[Row], out: Path) -> list[Path]:
                     cm, am, xerr=_half(ch), yerr=_half(ah), linestyle="none", capsize=3,
                     markersize=6, label=label, **st,
                 )  # fmt: skip
-            _percent_limits(ax, "x"), _percent_limits(ax, "y")
+            _percent_limits(ax, "x")
+            _percent_limits(ax, "y")
             ax.set_xlabel(f"shift consistency % ({title})")
             ax.set_title(f"Accuracy against consistency ({title})", fontsize=10)
             ax.grid(alpha=0.3)
