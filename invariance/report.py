@@ -13,7 +13,8 @@ keys and its seeds), else the report refuses to put them together; cells that di
 note under the table; one seed is never counted twice; failed cells are marked.
 
 Paper-style tables: in each column, the best mean (higher is better unless the column declares
-``better="lower"``, e.g. a flip rate; ``better=None``: nothing in bold) and every value whose
+``better="lower"``, e.g. a flip rate; ``better=None`` or a column stored without the key:
+nothing in bold) and every value whose
 95% CI overlaps the best one's are in bold, ``**x ± y**`` in Markdown and ``\\textbf{}`` in
 LaTeX; a quantity that is not measured per seed (``per_seed=False``: parameters, the training
 time the seeds of a cell share) has no "± 0". The LaTeX ``tabular`` needs ``booktabs`` and
@@ -289,9 +290,10 @@ def _fmt(v: tuple[float, float] | None, col: Column, pm: str = "±") -> str:
 
 def bold_cells(summary: Sequence[dict[str, Any]], columns: Sequence[Column]) -> set[tuple]:
     """The ``(label, header)`` pairs a paper-style table sets in bold: in each column whose
-    ``better`` is ``"higher"`` (default) or ``"lower"``, the best mean and every value whose 95%
-    CI overlaps the best one's (``|m - m_best| <= h + h_best``; a value without a CI counts as
-    its point). Columns with ``better=None`` have nothing in bold.
+    ``better`` is ``"higher"`` or ``"lower"``, the best mean and every value whose 95% CI
+    overlaps the best one's (``|m - m_best| <= h + h_best``; a value without a CI counts as its
+    point). A column with ``better=None``, or without the key (a spec stored before columns
+    declared a direction: guessing it could bold the worst value), has nothing in bold.
 
     Args:
         summary: :func:`summarise`'s entries.
@@ -299,7 +301,7 @@ def bold_cells(summary: Sequence[dict[str, Any]], columns: Sequence[Column]) -> 
     """
     bold = set()
     for col in columns:
-        better, header = col.get("better", "higher"), col["header"]
+        better, header = col.get("better"), col["header"]
         if better is None:
             continue
         vals = [(e["label"], e[header]) for e in summary if e.get(header) is not None]
@@ -333,7 +335,7 @@ def tex_escape(text: str) -> str:
 
 
 def _bold_note(columns: Sequence[Column]) -> str:
-    ranked = [c for c in columns if c.get("better", "higher") is not None]
+    ranked = [c for c in columns if c.get("better") is not None]
     if not ranked:
         return ""
     lower = [f"'{c['header']}'" for c in ranked if c.get("better") == "lower"]
@@ -540,7 +542,7 @@ def validate_report(spec: dict[str, Any] | None) -> None:
                     f"report column {col.get('header')!r} lacks {', '.join(missing)} "
                     "(build columns with invariance.report.column)"
                 )
-            if col.get("better", "higher") not in BETTER:
+            if col.get("better") not in BETTER:
                 raise ValueError(
                     f"report column {col.get('header')!r}: better must be one of {BETTER}, got "
                     f"{col['better']!r}"

@@ -83,9 +83,10 @@ def test_bold_cells_rules():
         {"label": "s (failed)", "x": None, "y": None, "z": None},
     ]
     assert R.bold_cells(summary, cols) == {("p", "x"), ("q", "x"), ("p", "y"), ("q", "y")}
-    # A spec written before columns declared a direction: higher is better.
-    old = [{k: v for k, v in cols[0].items() if k not in ("better", "per_seed")}]
-    assert R.bold_cells(summary, old) == {("p", "x"), ("q", "x")}
+    # A spec stored before columns declared a direction: no guess, nothing in bold.
+    old = [{k: v for k, v in c.items() if k not in ("better", "per_seed")} for c in cols]
+    assert R.bold_cells(summary, old) == set()
+    R.validate_report({"builder": "table", "columns": old})
     with pytest.raises(ValueError, match="better must be one of"):
         R.column("x", "x", better="best")
     bad = {"builder": "table", "columns": [dict(cols[0], better="max")]}
