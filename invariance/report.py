@@ -13,13 +13,13 @@ keys and its seeds), else the report refuses to put them together; cells that di
 note under the table; one seed is never counted twice; failed cells are marked.
 
 Paper-style tables: in each column, the best mean (higher is better unless the column declares
-``better="lower"``, e.g. a flip rate; ``better=None`` or a column stored without the key:
-nothing in bold) and every value whose
-95% CI overlaps the best one's are in bold, ``**x ± y**`` in Markdown and ``\\textbf{}`` in
-LaTeX; a quantity that is not measured per seed (``per_seed=False``: parameters, the training
-time the seeds of a cell share) has no "± 0". The LaTeX ``tabular`` needs ``booktabs`` and
-compiles with pdflatex (every special character escaped, :func:`tex_escape`). The figures a
-study lists (``report.figures``) are in :mod:`invariance.figures`.
+``better="lower"``, e.g. a flip rate; ``better=None``, or a column stored without the key:
+nothing in bold) and every value whose 95% CI overlaps the best one's are in bold, ``**x ± y**``
+in Markdown and ``\\textbf{}`` in LaTeX; a quantity that is not measured per seed
+(``per_seed=False``: parameters, the training time the seeds of a cell share) has no "± 0".
+The LaTeX ``tabular`` needs ``booktabs`` and compiles with pdflatex (every special character
+escaped, :func:`tex_escape`). The figures a study lists (``report.figures``) are in
+:mod:`invariance.figures`.
 """
 
 from __future__ import annotations
