@@ -30,7 +30,8 @@ def pytest_xdist_auto_num_workers(config):
 # the compiled CPU kernel). The times below were measured on the 2-core VM while other jobs kept
 # it at a load of ~10 (that run took 28 min; the whole suite, slow tests included, takes about
 # 7.4 min in one process on the quiet VM), so read them relative to each other. The tests kept
-# took 188 s of that run's 1652.
+# took 188 s of that run's 1652; `-m fast` (483 tests after later merges) took 101-174 s with
+# -n auto at a load of 6-10.
 NOT_FAST: tuple[str, ...] = (
     "tests/test_train.py",  # 405 s
     "tests/test_cpu_kernel.py",  # 147 s
