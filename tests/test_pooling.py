@@ -760,3 +760,25 @@ def test_blur_pool_without_padding_equals_pad_then_slices(mode, k, shape, s):
     new = functools.partial(P.blur_pool, filter_size=k, stride=s, pad_mode=mode)
     old = functools.partial(_old_blur, k=k, s=s, mode=P.PAD_MODES[mode])
     _same_value_and_grad(new, old, x, exact=True)
+
+
+@pytest.mark.parametrize("window", [2, 3, (2, 3), (3, 1)])
+def test_dense_max_pool_in_two_passes_equals_the_2d_formulation(window):
+    from invariance.pooling._geometry import _geometry
+    from invariance.pooling._windowed import _max_pool_core
+
+    # Many ties (small integers after a ReLU): the gradient convention is what is tested.
+    x = jnp.asarray(np.maximum(_rng(65).integers(-2, 3, size=(2, 9, 8, 3)), 0), jnp.float32)
+    geo = _geometry(x, window, 1, "VALID")
+    _same_value_and_grad(
+        lambda a: P.max_pool(a, window, stride=1),
+        lambda a: _max_pool_core(a, *geo),
+        x,
+        exact=True,
+    )
+    _same_value_and_grad(  # min pooling shares it
+        lambda a: P.min_pool(a, window, stride=1),
+        lambda a: -_max_pool_core(-a, *geo),
+        x,
+        exact=True,
+    )
