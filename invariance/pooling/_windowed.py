@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from invariance._checks import is_concrete as _is_concrete
 from invariance.pooling import _cpu_kernel
@@ -145,7 +146,42 @@ def max_pool(x: jax.Array, window: Any, *, stride: Any = None, padding: Any = "V
     """
     win, st, pads, out_hw = _geometry(x, window, stride, padding)
     _check_no_empty_window((x.shape[-3], x.shape[-2]), win, st, pads, out_hw)
+    if st == (1, 1) and pads == ((0, 0), (0, 0)) and win != (1, 1):
+        # Dense windows (MaxBlurPool's): two 1-D passes, along W then along H. The first
+        # maximum of the first row holding the window's maximum is the row-major first maximum,
+        # so the gradient is the same; each pass costs about a quarter of the 2-D form.
+        return _dense_max_1d(_dense_max_1d(x, win[1], x.ndim - 2), win[0], x.ndim - 3)
     return _max_pool_core(x, win, st, pads, out_hw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _dense_max_1d(x: jax.Array, k: int, axis: int) -> jax.Array:
+    """Max over ``k`` consecutive elements along ``axis`` at stride 1 (``n - k + 1`` outputs)."""
+    return _dense_max_1d_fwd(x, k, axis)[0]
+
+
+def _dense_max_1d_fwd(x, k, axis):
+    n = x.shape[axis] - k + 1
+    parts = [lax.slice_in_dim(x, i, i + n, axis=axis) for i in range(k)]
+    # The first maximum wins (a later element only if strictly greater), as _first_argmax.
+    m, idx = _first_argmax(parts)
+    return m, (idx, x.shape)
+
+
+def _dense_max_1d_bwd(k, axis, res, g):
+    idx, shape = res
+    n = shape[axis] - k + 1
+    zero = jnp.zeros((), g.dtype)
+    dx = None
+    for i in range(k):
+        cfg = [(0, 0, 0)] * g.ndim
+        cfg[axis] = (i, shape[axis] - i - n, 0)
+        part = lax.pad(jnp.where(idx == i, g, zero), zero, cfg)
+        dx = part if dx is None else dx + part
+    return (dx,)
+
+
+_dense_max_1d.defvjp(_dense_max_1d_fwd, _dense_max_1d_bwd)
 
 
 def min_pool(x: jax.Array, window: Any, *, stride: Any = None, padding: Any = "VALID") -> jax.Array:
