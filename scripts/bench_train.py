@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from invariance import benchmarking, runtime
+from invariance import benchmarking, pooling, runtime
 from invariance.io import write_marked_blocks
 
 BATCH = 128
@@ -65,7 +65,7 @@ STUDY = "pooling_table"
 # ----------------------------------------------------------------------------- JAX variants
 
 
-def _flax_max_pool(x, window, stride=None, padding="VALID"):
+def _flax_max_pool(x, window, *, stride=None, padding="VALID"):
     from invariance.models.layers import as_pair
 
     stride = window if stride is None else stride
@@ -73,20 +73,19 @@ def _flax_max_pool(x, window, stride=None, padding="VALID"):
 
 
 class _patched_max_pool:
-    """Swaps ``pooling.max_pool`` (as the models' Pool layer sees it) for flax.linen's."""
+    """Swaps the "max" entry of the pooling registry (the one the models' Pool layer looks
+    up through ``pooling.pool``) for flax.linen's max pooling, while the step is traced."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self.saved = pooling._REGISTRY["max"]
 
     def __enter__(self):
-        from invariance.models import layers
-
-        self.module, self.saved = layers.pooling, layers.pooling.max_pool
         if self.enabled:
-            self.module.max_pool = _flax_max_pool
+            pooling._REGISTRY["max"] = _flax_max_pool
 
     def __exit__(self, *exc):
-        self.module.max_pool = self.saved
+        pooling._REGISTRY["max"] = self.saved
 
 
 def _data(n: int = 4096) -> tuple[np.ndarray, np.ndarray]:
