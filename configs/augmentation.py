@@ -41,6 +41,8 @@ AUGMENTS = {
     " + translate (3 px)": {"translate": 3},
     " + mask (0.1-0.5)": {"mask_ratio": [0.1, 0.5]},
 }
+# The tiny profile (tests, synthetic data) runs one cell of each training.
+TINY_CELLS = ("max", "max + translate (3 px)", "aps + mask (0.1-0.5)")
 TRAINED_SHIFT, BEYOND_SHIFT = 3, 6
 MASK_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5]
 
@@ -97,7 +99,7 @@ def get_config(profile="quick"):
 
 def get_sweep(profile="quick"):
     widths = get_config(profile).train.model_options.widths
-    return [
+    cells = [
         {
             "cell_name": f"{k}{a}",
             "train.model_options": {**KINDS[k], "widths": widths},
@@ -106,3 +108,4 @@ def get_sweep(profile="quick"):
         for k in KINDS
         for a in AUGMENTS
     ]
+    return [c for c in cells if profile != "tiny" or c["cell_name"] in TINY_CELLS]
