@@ -124,3 +124,8 @@ def test_augmentation_study_tiny(tmp_path):
         "aps + mask (0.1-0.5)",
     ]
     assert all(s["n_seeds"] == 2 for s in summary)
+    for entry in summary:  # every declared column finds its rows
+        assert all(entry[c["header"]] is not None for c in base.report.to_dict()["columns"])
+    report(tmp_path / "augmentation", tmp_path / "out")
+    table = (tmp_path / "out" / "augmentation.md").read_text()
+    assert "| max + translate (3 px) | " in table and "consistency const. ±6 %" in table
