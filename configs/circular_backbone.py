@@ -42,7 +42,9 @@ Numbers:  results/<profile>/circular_backbone.md / .csv / .tex (written by the c
 
 Columns: test accuracy; shift consistency (Zhang 2019) under circular and constant shifts of
 +-3 px, two shifted copies per image; one-pixel diagonal P(top-1 change) under circular
-shifts (Azulay & Weiss 2019); parameters; training time; mean +- 95% CI over seeds.
+shifts (Azulay & Weiss 2019); parameters; training time; mean +- 95% CI over seeds, the best
+of each column and every value whose CI overlaps it in bold. Figure: accuracy against
+consistency per kind (Zhang 2019, Fig. 1).
 """
 
 from invariance.experiment import train_measure_config
@@ -69,6 +71,7 @@ COLUMNS = [
         100,
         protocol="one_pixel_flip_rate",
         mode="circular",
+        better="lower",
         position=None,
     ),
     standard_columns("params"),
@@ -84,7 +87,7 @@ def get_config(profile="quick"):
         {"fn": "shift_consistency", "max_shift": 3, "mode": "constant", "pairs": "two_shifted"},
         {"fn": "one_pixel_flip_rate", "max_offset": 3, "mode": "circular"},
     ]
-    c.report = {"builder": "table", "columns": COLUMNS, "figures": []}
+    c.report = {"builder": "table", "columns": COLUMNS, "figures": ["accuracy_consistency"]}
     return c
 
 

@@ -324,24 +324,21 @@ def _cmd_reproduce(args) -> int:
 
 def update_readme(readme: Path, tables: Path) -> None:
     """Replaces each ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->`` block of the
-    README with the table in ``tables/NAME.md`` (its heading dropped); written atomically."""
-    import re
+    README with the table in ``tables/NAME.md`` (its heading dropped); written atomically by
+    :func:`invariance.io.write_marked_blocks`, the one writer of marked blocks."""
+    from invariance.io import write_marked_blocks
 
-    from invariance.io import atomic_write_text
-
-    text = readme.read_text()
-
-    def body(m: re.Match) -> str:
-        name = m.group(1)
+    def body(block: str) -> str | None:
+        if not block.startswith("results:"):
+            return None  # another tool's block: kept as it is
+        name = block.removeprefix("results:")
         path = tables / f"{name}.md"
         if not path.is_file():
             raise UserError(f"{readme} asks for results:{name} but {path} does not exist")
         lines = path.read_text().splitlines()
-        table = "\n".join(line for line in lines if not line.startswith("# ")).strip()
-        return f"<!-- results:{name} -->\n{table}\n<!-- /results:{name} -->"
+        return "\n".join(line for line in lines if not line.startswith("# ")).strip()
 
-    new = re.sub(r"<!-- results:(\S+) -->.*?<!-- /results:\1 -->", body, text, flags=re.S)
-    atomic_write_text(readme, new)
+    write_marked_blocks(readme, body)
 
 
 COMMANDS = {

@@ -11,6 +11,15 @@ their study part (:func:`invariance.config.study_part`: everything but the cell'
 keys and its seeds), else the report refuses to put them together; cells that differ only in
 ``measure.*`` (a re-measured cell) are separate rows whose label names the difference, with a
 note under the table; one seed is never counted twice; failed cells are marked.
+
+Paper-style tables: in each column, the best mean (higher is better unless the column declares
+``better="lower"``, e.g. a flip rate; ``better=None``, or a column stored without the key:
+nothing in bold) and every value whose 95% CI overlaps the best one's are in bold, ``**x ± y**``
+in Markdown and ``\\textbf{}`` in LaTeX; a quantity that is not measured per seed
+(``per_seed=False``: parameters, the training time the seeds of a cell share) has no "± 0".
+The LaTeX ``tabular`` needs ``booktabs`` and compiles with pdflatex (every special character
+escaped, :func:`tex_escape`). The figures a study lists (``report.figures``) are in
+:mod:`invariance.figures`.
 """
 
 from __future__ import annotations
@@ -27,14 +36,17 @@ from typing import Any
 import numpy as np
 
 from invariance.config import study_part
-from invariance.io import atomic_write_bytes, atomic_write_text
+from invariance.figures import FIGURES, row_labels, savefig
+from invariance.io import atomic_write_text
 from invariance.metrics import mean_ci
 from invariance.sweep import CellError, cell_state, read_json, read_rows
 
 __all__ = [
+    "BETTER",
     "BUILDERS",
     "DEFAULT_REPORT",
     "FIGURES",
+    "bold_cells",
     "column",
     "consistency_column",
     "load_rows",
@@ -42,17 +54,29 @@ __all__ = [
     "severity_column",
     "standard_columns",
     "summarise",
+    "tex_escape",
     "validate_report",
 ]
 
 Row = dict[str, Any]
 # One table column: {"header", "field", "scale", "where" (row fields to match), "digits"
-# (decimals), "count" (a count: thousands separator, no CI)}; see column().
+# (decimals), "count" (a count: thousands separator, no CI), "better" ("higher", "lower" or
+# None: which value is best, in bold), "per_seed" (False: one value shared by the seeds, shown
+# without a CI)}; see column().
 Column = dict[str, Any]
+BETTER = ("higher", "lower", None)
 
 
 def column(
-    header: str, field: str, scale: float = 1, *, digits: int = 1, count: bool = False, **where
+    header: str,
+    field: str,
+    scale: float = 1,
+    *,
+    digits: int = 1,
+    count: bool = False,
+    better: str | None = "higher",
+    per_seed: bool = True,
+    **where,
 ) -> Column:
     """One table column: the mean and 95% CI over seeds of ``row[field] * scale`` over the rows
     whose fields equal ``where`` (``None`` matches a field present and null).
@@ -63,11 +87,19 @@ def column(
         scale: multiplies the value (100 for percentages).
         digits: decimals shown.
         count: a count (e.g. parameters): thousands separators, no CI.
+        better: ``"higher"`` (default) or ``"lower"``: the column's best value, and every value
+            whose 95% CI overlaps the best one's, is set in bold; ``None``: nothing is bold (a
+            description such as a parameter count, not a score).
+        per_seed: ``False`` for a quantity that is not measured per seed (a parameter count, a
+            training time shared by the seeds of a cell): shown without a CI when the seeds'
+            values are equal (never "± 0").
         **where: the row filter, e.g. ``protocol="shift_consistency", mode="circular"``.
 
     Returns:
         A plain dict, as a study's config declares it under ``report.columns``.
     """
+    if better not in BETTER:
+        raise ValueError(f"better must be one of {BETTER}, got {better!r}")
     return {
         "header": header,
         "field": field,
@@ -75,6 +107,8 @@ def column(
         "where": dict(where),
         "digits": digits,
         "count": count,
+        "better": better,
+        "per_seed": per_seed,
     }
 
 
@@ -90,11 +124,26 @@ def severity_column(transform: str, header: str) -> Column:
 
 def standard_columns(name: str) -> Column:
     """The columns every ``train_measure`` study can show: ``"accuracy"``, ``"params"``,
-    ``"train_seconds"``."""
+    ``"train_seconds"`` (the last two are not per seed and never bold)."""
     return {
         "accuracy": column("test acc. %", "accuracy", 100, protocol="accuracy"),
-        "params": column("params", "num_params", protocol="accuracy", digits=0, count=True),
-        "train_seconds": column("train s", "train_seconds", protocol="accuracy", digits=0),
+        "params": column(
+            "params",
+            "num_params",
+            protocol="accuracy",
+            digits=0,
+            count=True,
+            better=None,
+            per_seed=False,
+        ),  # fmt: skip
+        "train_seconds": column(
+            "train s",
+            "train_seconds",
+            protocol="accuracy",
+            digits=0,
+            better=None,
+            per_seed=False,
+        ),  # fmt: skip
     }[name]
 
 
@@ -199,13 +248,6 @@ def _matches(row: Row, flt: dict[str, Any]) -> bool:
     return all(k in row and row[k] == v for k, v in flt.items())
 
 
-def _labels(rows: Sequence[Row]) -> list[str]:
-    order: dict[str, int] = {}
-    for r in rows:
-        order.setdefault(r["label"], r.get("cell_index", len(order)))
-    return sorted(order, key=lambda k: (order[k], k))
-
-
 def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, Any]]:
     """Mean and 95% CI half-width over seeds of each column, per row label.
 
@@ -214,7 +256,7 @@ def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, 
         (``None`` where no row matched).
     """
     out = []
-    for label in _labels(rows):
+    for label in row_labels(rows):
         mine = [r for r in rows if r.get("label") == label]
         entry: dict[str, Any] = {"label": label}
         seeds = set()
@@ -224,7 +266,7 @@ def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, 
             seeds.update(r.get("seed_index") for r in mine if _matches(r, flt))
             if not vals:
                 entry[header] = None
-            elif len(vals) == 1:
+            elif len(vals) == 1 or (not col.get("per_seed", True) and len(set(vals)) == 1):
                 entry[header] = (float(vals[0]), float("nan"))
             else:
                 m, h = mean_ci(np.asarray(vals, np.float64))
@@ -234,7 +276,7 @@ def summarise(rows: Sequence[Row], columns: Sequence[Column]) -> list[dict[str, 
     return out
 
 
-def _fmt(v: tuple[float, float] | None, col: Column) -> str:
+def _fmt(v: tuple[float, float] | None, col: Column, pm: str = "±") -> str:
     if v is None:
         return "–"
     m, h = v
@@ -243,7 +285,62 @@ def _fmt(v: tuple[float, float] | None, col: Column) -> str:
     digits = int(col.get("digits", 1))
     if math.isnan(h):
         return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {h:.{digits}f}"
+    return f"{m:.{digits}f} {pm} {h:.{digits}f}"
+
+
+def bold_cells(summary: Sequence[dict[str, Any]], columns: Sequence[Column]) -> set[tuple]:
+    """The ``(label, header)`` pairs a paper-style table sets in bold: in each column whose
+    ``better`` is ``"higher"`` or ``"lower"``, the best mean and every value whose 95% CI
+    overlaps the best one's (``|m - m_best| <= h + h_best``; a value without a CI counts as its
+    point). A column with ``better=None``, or without the key (a spec stored before columns
+    declared a direction: guessing it could bold the worst value), has nothing in bold.
+
+    Args:
+        summary: :func:`summarise`'s entries.
+        columns: the table's columns.
+    """
+    bold = set()
+    for col in columns:
+        better, header = col.get("better"), col["header"]
+        if better is None:
+            continue
+        vals = [(e["label"], e[header]) for e in summary if e.get(header) is not None]
+        if not vals:
+            continue
+        pick = max if better == "higher" else min
+        _, (bm, bh) = pick(vals, key=lambda kv: kv[1][0])
+        for label, (m, h) in vals:
+            if abs(m - bm) <= _half(h) + _half(bh) + 1e-9 * max(1.0, abs(bm)):
+                bold.add((label, header))
+    return bold
+
+
+def _half(h: float) -> float:
+    return 0.0 if math.isnan(h) else h
+
+
+# LaTeX for the characters a header, label or value may hold (text mode, pdflatex).
+_TEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "–": "--", "—": "---", "×": r"$\times$", "≤": r"$\leq$", "≥": r"$\geq$",
+    "µ": r"$\mu$", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+}  # fmt: skip
+
+
+def tex_escape(text: str) -> str:
+    """``text`` as LaTeX text that pdflatex compiles: the special characters ``\\ & % $ # _ {
+    } ~ ^ < > |`` escaped, and ``± – — × ≤ ≥ µ`` written as LaTeX."""
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def _bold_note(columns: Sequence[Column]) -> str:
+    ranked = [c for c in columns if c.get("better") is not None]
+    if not ranked:
+        return ""
+    lower = [f"'{c['header']}'" for c in ranked if c.get("better") == "lower"]
+    note = " In bold: each column's best value and every value whose CI overlaps the best one's"
+    return note + (f" (lower is better for {', '.join(lower)})." if lower else ".")
 
 
 def _stamp(rows: Sequence[Row], run_dir: str | Path, name: str) -> str:
@@ -287,11 +384,16 @@ def _tables(
             summary.append({"label": f"{f.get('label')} (failed)", "n_seeds": 0})
             summary[-1].update({h: None for h in headers})
     seeds = max((e["n_seeds"] for e in summary), default=1)
-    md = [f"# {name}", "", f"Mean ± 95% CI over {seeds} seeds (Student t).", ""]
-    md.append("| pooling | " + " | ".join(headers) + " |")
+    bold = bold_cells(summary, columns)
+    md = [f"# {name}", "", f"Mean ± 95% CI over {seeds} seeds (Student t).{_bold_note(columns)}"]
+    md += ["", "| pooling | " + " | ".join(headers) + " |"]
     md.append("| --- | " + " | ".join("---" for _ in headers) + " |")
     for e in summary:
         cells = [_fmt(e[h], by_header[h]) for h in headers]
+        cells = [
+            f"**{c}**" if (e["label"], h) in bold else c
+            for c, h in zip(cells, headers, strict=True)
+        ]
         md.append(f"| {e['label']} | " + " | ".join(cells) + " |")
     extra = [*notes, *_failed_notes(failed)]
     if extra:
@@ -307,11 +409,15 @@ def _tables(
             cells += ["", ""] if v is None else [f"{v[0]:.6g}", f"{v[1]:.6g}"]
         w.writerow([e["label"], e["n_seeds"], *cells])
     tex = ["\\begin{tabular}{l" + "r" * len(headers) + "}", "\\toprule"]
-    tex.append("pooling & " + " & ".join(h.replace("%", "\\%") for h in headers) + " \\\\")
+    tex.append("pooling & " + " & ".join(tex_escape(h) for h in headers) + " \\\\")
     tex.append("\\midrule")
     for e in summary:
-        vals = [_fmt(e[h], by_header[h]).replace("±", "$\\pm$") for h in headers]
-        tex.append(e["label"].replace("_", "\\_") + " & " + " & ".join(vals) + " \\\\")
+        vals = [tex_escape(_fmt(e[h], by_header[h])) for h in headers]
+        vals = [
+            f"\\textbf{{{v}}}" if (e["label"], h) in bold else v
+            for v, h in zip(vals, headers, strict=True)
+        ]
+        tex.append(tex_escape(e["label"]) + " & " + " & ".join(vals) + " \\\\")
     tex += ["\\bottomrule", "\\end{tabular}", ""]
     written = [
         atomic_write_text(out / f"{name}.md", "\n".join(md)),
@@ -321,48 +427,6 @@ def _tables(
     for fig in spec.get("figures", ()):
         written += FIGURES[fig](name, rows, out)
     return written
-
-
-def _savefig(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def _profile_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
-    prof = [r for r in rows if r.get("aggregate") == "ring" and r.get("relative_l2") is not None]
-    if not prof:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colors = plt.cm.tab20(np.linspace(0, 1, 20))
-    markers = "os^vD<>ph*Xd"
-    for i, label in enumerate(_labels(prof)):
-        by_r: dict[float, list[float]] = defaultdict(list)
-        for r in prof:
-            if r["label"] == label:
-                by_r[r["ring"]].append(r["relative_l2"])
-        radii = sorted(by_r)
-        ax.plot(
-            radii,
-            [np.mean(by_r[k]) for k in radii],
-            marker=markers[i % len(markers)],
-            color=colors[(2 * i) % 20 + (2 * i) // 20],
-            label=label,
-        )
-    ax.set_xlabel("shift |d| (pixels)")
-    ax.set_ylabel("normalised distance of logits")
-    ax.set_title("Translation sensitivity (Kauderer-Abrams 2017), radial profile")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
-    return [_savefig(fig, out / f"{name}_sensitivity.png")]
 
 
 def _seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_) -> list[Path]:
@@ -401,7 +465,7 @@ def _seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("relative L2 change of the output")
     axes[1].legend(fontsize=7)
-    written.append(_savefig(fig, out / f"{name}_masking.png"))
+    written.append(savefig(fig, out / f"{name}_masking.png"))
     md = [
         f"# {name}",
         "",
@@ -438,7 +502,7 @@ def _seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_
                     axes[i, j].set_title(nm, fontsize=8)
                 if j == 0:
                     axes[i, j].set_ylabel(title, fontsize=8)
-        written.append(_savefig(fig, out / f"{name}_examples.png"))
+        written.append(savefig(fig, out / f"{name}_examples.png"))
         break
     return written
 
@@ -452,17 +516,13 @@ def _sev(r: Row) -> Any:
 
 #: Report builders by name: ``builder(name, rows, spec, run_dir, out, notes, failed)``.
 BUILDERS: dict[str, Callable[..., list[Path]]] = {"table": _tables, "seed_figures": _seed_figures}
-#: Figures a ``"table"`` report may add, by name: ``figure(name, rows, out) -> paths``.
-FIGURES: dict[str, Callable[[str, list[Row], Path], list[Path]]] = {
-    "sensitivity_profile": _profile_figure,
-}
 #: The report of a config that declares none: test accuracy per label.
 DEFAULT_REPORT: dict[str, Any] = {
     "builder": "table",
     "columns": [standard_columns("accuracy")],
     "figures": ["sensitivity_profile"],
 }
-_COLUMN_KEYS = ("header", "field", "scale", "where", "digits", "count")
+_COLUMN_KEYS = ("header", "field", "scale", "where", "digits", "count")  # + better, per_seed
 
 
 def validate_report(spec: dict[str, Any] | None) -> None:
@@ -481,6 +541,11 @@ def validate_report(spec: dict[str, Any] | None) -> None:
                 raise ValueError(
                     f"report column {col.get('header')!r} lacks {', '.join(missing)} "
                     "(build columns with invariance.report.column)"
+                )
+            if col.get("better") not in BETTER:
+                raise ValueError(
+                    f"report column {col.get('header')!r}: better must be one of {BETTER}, got "
+                    f"{col['better']!r}"
                 )
         if not spec.get("columns"):
             raise ValueError("a table report needs report.columns")

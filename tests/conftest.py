@@ -23,11 +23,81 @@ def pytest_xdist_auto_num_workers(config):
 
 # ----------------------------------------------------------------------------- the fast selection
 
-# Tests left out of the inner loop, ``python -m pytest -m fast`` (CONTRIBUTING.md, "Tests"):
-# each took more than about a second in one process (``python -m pytest -n 0 -m "not slow"
-# --durations=0``; the time is the slowest parameter's, on the 2-core CI VM). Listed by file and
-# test function: every parametrisation of a listed test is left out.
-NOT_FAST: tuple[str, ...] = ()
+# Tests left out of the inner loop, ``python -m pytest -m fast`` (CONTRIBUTING.md, "Tests"): a
+# whole file, or a test function of one with all its parametrisations. Chosen by timing the
+# not-slow suite in one process (``-n 0 -m "not slow"``) and leaving out every test function
+# that took 6 s or more, all parameters together; the two files are mostly such tests (training,
+# the compiled CPU kernel). The times below were measured on the 2-core VM while other jobs kept
+# it at a load of ~10 (that run took 28 min; the whole suite, slow tests included, takes about
+# 7.4 min in one process on the quiet VM), so read them relative to each other. The tests kept
+# took 188 s of that run's 1652; `-m fast` (483 tests after later merges) took 101-174 s with
+# -n auto at a load of 6-10.
+NOT_FAST: tuple[str, ...] = (
+    "tests/test_train.py",  # 405 s
+    "tests/test_cpu_kernel.py",  # 147 s
+    "invariance/models/__init__.py::invariance.models",  # 8 s
+    "tests/test_cli.py::test_user_errors_are_one_line",  # 35 s
+    "tests/test_bench.py::test_bench_train_bad_rows_is_one_line_and_exit_2",  # 8 s
+    "tests/test_faults.py::test_diverging_cell_is_recorded_and_the_others_go_on",  # 71 s
+    "tests/test_faults.py::test_failed_attempt_keeps_the_runs_config_json",  # 59 s
+    "tests/test_faults.py::test_pool_workers_end_when_their_parent_dies",  # 9 s
+    # 36 s:
+    "tests/test_faults.py::test_remeasure_keeps_identities_and_the_report_shows_the_difference",
+    # 9 s:
+    "tests/test_faults.py::test_wheel_carries_the_configs_and_finds_them_outside_a_checkout",
+    "tests/test_faults_api.py::test_feature_protocols_refuse_nan_features",  # 9 s
+    "tests/test_faults_api.py::test_protocols_refuse_nan_logits",  # 12 s
+    "tests/test_faults_api.py::test_traced_options_keep_working_under_jit_and_vmap",  # 14 s
+    "tests/test_faults_pooling.py::test_lp_pool_matches_torch_on_signed_inputs",  # 11 s
+    # Timed in the -m fast run (-n auto, load ~12), where it took 261 s:
+    "tests/test_data.py::test_real_fashion_mnist_from_the_shipped_copy",
+    "tests/test_measure.py::test_chunked_equals_unchunked",  # 92 s
+    "tests/test_measure.py::test_circular_networks_are_exactly_shift_consistent",  # 15 s
+    "tests/test_measure.py::test_default_chunk_counts_the_transforms_evaluated_at_once",  # 6 s
+    "tests/test_measure.py::test_default_chunk_counts_the_views_of_each_image",  # 13 s
+    "tests/test_measure.py::test_pooling_stability_rows",  # 13 s
+    "tests/test_measure.py::test_severity_zero_is_identity",  # 15 s
+    "tests/test_measure.py::test_shift_consistency_matches_loop",  # 11 s
+    "tests/test_measure.py::test_spatial_grid_tiny",  # 7 s
+    "tests/test_metrics.py::test_gradients_match_finite_differences",  # 7 s
+    "tests/test_metrics.py::test_other_metrics_jit_and_vmap",  # 7 s
+    "tests/test_metrics.py::test_pair_metrics_jit_and_vmap",  # 9 s
+    "tests/test_models.py::test_circular_aps_gap_cnn_is_exactly_shift_invariant",  # 16 s
+    "tests/test_models.py::test_circular_max_or_blur_cnn_is_not_shift_invariant",  # 7 s
+    "tests/test_models.py::test_downsample_input_shapes_and_resizes",  # 9 s
+    "tests/test_models.py::test_every_model_accepts_the_training_call",  # 31 s
+    "tests/test_models.py::test_jit_equals_eager",  # 7 s
+    "tests/test_models.py::test_param_counts_differ_between_heads_as_expected",  # 28 s
+    "tests/test_models.py::test_pool_matches_the_library",  # 7 s
+    "tests/test_models.py::test_probe_shapes",  # 19 s
+    "tests/test_models.py::test_resnet_aps_circular_is_exactly_shift_invariant",  # 10 s
+    "tests/test_models.py::test_resnet_features_and_shapes",  # 10 s
+    "tests/test_models.py::test_resnet_tiny_train_step",  # 95 s
+    "tests/test_models.py::test_small_cnn_every_kind_trains",  # 49 s
+    # 7 s:
+    "tests/test_models.py::test_stochastic_samples_in_training_and_is_deterministic_in_evaluation",
+    "tests/test_pooling.py::test_against_flax_linen",  # 15 s
+    "tests/test_pooling.py::test_against_numpy_loop",  # 13 s
+    "tests/test_pooling.py::test_against_torch_semantics",  # 16 s
+    "tests/test_pooling.py::test_aps_output_shifts_circularly_with_its_input",  # 8 s
+    "tests/test_pooling.py::test_blur_pool_against_loop",  # 15 s
+    "tests/test_pooling.py::test_check_grads",  # 47 s
+    "tests/test_pooling.py::test_jit_equals_eager_and_vmap_equals_loop",  # 90 s
+    "tests/test_pooling.py::test_max_grad_goes_to_first_max_like_torch",  # 15 s
+    "tests/test_pooling.py::test_max_blur_pool_is_the_layers_max_blur",  # 86 s in -m fast, -n auto
+    "tests/test_pooling.py::test_max_grad_with_padding_and_uncovered_rows",  # 12 s
+    "tests/test_pooling.py::test_output_shape_matches_output_size",  # 30 s
+    "tests/test_pooling.py::test_pad_hw_mode_equals_jnp_pad_value_and_gradient",  # 58 s, ditto
+    "tests/test_traces.py::test_protocol_traces_its_step_once_over_padded_chunks",  # 17 s
+    "tests/test_transforms.py::test_fill_extreme_is_per_image",  # 8 s
+    "tests/test_transforms.py::test_fill_in_rotate_and_traced_numeric_fill",  # 7 s
+    "tests/test_transforms.py::test_gaussian_noise_jit_and_vmap_over_images_and_sigmas",  # 14 s
+    "tests/test_transforms.py::test_gaussian_noise_std_mean_and_zero_sigma",  # 8 s
+    "tests/test_transforms.py::test_occlude_jit_and_vmap_over_positions_is_an_occlusion_map",  # 6 s
+    "tests/test_transforms.py::test_random_mask_jit_and_vmap_over_images_and_ratios",  # 13 s
+    "tests/test_transforms.py::test_random_mask_masks_exact_count_on_every_channel",  # 8 s
+    "tests/test_transforms.py::test_rotate_matches_scipy_bilinear",  # 8 s
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m / -k deselect, so that -m fast sees the marks
@@ -38,8 +108,9 @@ def pytest_collection_modifyitems(config, items):
     seen = set()
     for item in items:
         name = item.nodeid.split("[", 1)[0]
-        seen.add(name)
-        if name not in NOT_FAST and item.get_closest_marker("slow") is None:
+        path = name.split("::", 1)[0]
+        seen.update((name, path))
+        if name not in NOT_FAST and path not in NOT_FAST and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.fast)
     stale = [n for n in NOT_FAST if n not in seen]
     if stale and config.args_source == pytest.Config.ArgsSource.TESTPATHS:

@@ -777,7 +777,10 @@ def test_a_studys_config_declares_its_report_columns(tmp_path):
     run_sweep(cells, wd, cell_fn=_rows_cell, progress=False)
     assert log.read_text().split() == ["c0", "c1"]  # nothing ran again
     md = report(wd, tmp_path / "b")[0].read_text()
-    assert "| pooling | test acc. % | acc. x1000 |" in md and "| c0 | 50.5 ± 6.4 | 505 ± 64 |" in md
+    assert (
+        "| pooling | test acc. % | acc. x1000 |" in md
+        and "| c0 | **50.5 ± 6.4** | **505 ± 64** |" in md
+    )
     # An unknown builder or figure is a one-line error before anything runs.
     from invariance.experiment import validate_cell
 

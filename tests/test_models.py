@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,6 +102,42 @@ def test_pool_mixed_starts_at_half_and_strided_conv_is_a_conv():
     v = conv.init(KEY, x)
     assert v["params"]["conv"]["kernel"].shape == (3, 3, 3, 5)
     assert conv.apply(v, x).shape == (2, 3, 3, 5)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("shape,window", [((2, 8, 8, 3), 2), ((3, 7, 9, 4), 2), ((2, 9, 9, 2), 3)])
+def test_strided_conv_patch_product_is_the_convolution(shape, window, use_bias):
+    # Pool("strided_conv") with window == stride and VALID padding is one matrix product over
+    # patches: the same parameters (names, shapes, initial values) and function as nn.Conv.
+    x = _images(shape)
+    layer = M.Pool("strided_conv", window=window, options={"features": 5, "use_bias": use_bias})
+    conv = nn.Conv(5, (window, window), (window, window), "VALID", use_bias=use_bias)
+    v = layer.init(KEY, x)
+    ref = {"params": {"conv": conv.init(KEY, x)["params"]}}
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, ref)
+    key = jax.random.key(3)
+    v = jax.tree.map(lambda a: jax.random.normal(key, a.shape), v)  # a nonzero bias too
+
+    def loss(fn, variables, a):
+        return jnp.sum(fn(variables, a) ** 2)
+
+    def by_conv(variables, a):
+        return conv.apply({"params": variables["params"]["conv"]}, a)
+
+    np.testing.assert_allclose(layer.apply(v, x), by_conv(v, x), rtol=1e-5, atol=1e-5)
+    got = jax.grad(functools.partial(loss, layer.apply), argnums=(0, 1))(v, x)
+    want = jax.grad(functools.partial(loss, by_conv), argnums=(0, 1))(v, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_conv_initial_parameters_are_nn_convs():
+    x = _images((2, 8, 8, 3))
+    v = M.Pool("strided_conv", options={"features": 4}).init(KEY, x)
+    v_old = M.Pool("strided_conv", padding=((0, 0), (0, 0)), options={"features": 4}).init(KEY, x)
+    # The second takes the nn.Conv path (explicit padding): the same initial values.
+    for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v_old), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_pool_max_blur_circular_keeps_size_and_commutes_with_even_shifts():

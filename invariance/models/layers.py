@@ -89,7 +89,12 @@ class Pool(nn.Module):
     """A pooling layer chosen by name: ``(N, H, W, C) -> (N, H', W', C)`` (``(N, C)`` for the
     global kinds; ``C`` becomes ``options["features"]`` for "strided_conv").
 
-    Kinds and the options they take (``options`` is a mapping or ``(name, value)`` pairs):
+    Every kind of :data:`invariance.pooling.POOLS` is one lookup: the layer passes the
+    geometry its function takes (:func:`invariance.pooling.geometry_of`) and ``options``
+    (:func:`invariance.pooling.options_of` lists what each kind accepts). Only three cases
+    are the model's own: "strided_conv" and "none", a learned "mixed" weight, and the
+    "stochastic" key. Kinds and the options they take (``options`` is a mapping or
+    ``(name, value)`` pairs):
 
     - "max", "min", "avg" (``count_include_pad``), "lp" (``p``, default 2): windowed
       reductions of :mod:`invariance.pooling` with ``window``, ``stride``, ``padding``.
@@ -103,10 +108,11 @@ class Pool(nn.Module):
     - "blur" (Zhang 2019 BlurPool alone): binomial low-pass then subsampling by ``stride``
       (``window`` is unused; the filter is ``filter_size``, default 3, padded by
       ``pad_mode``, default "reflect").
-    - "max_blur" (Zhang 2019 MaxBlurPool): max over ``window`` at stride 1 (dense), then
-      BlurPool with ``stride``. With ``pad_mode="circular"`` the dense max first pads
-      circularly by ``window - 1`` at the end, so the map keeps its size and a circular shift
-      commutes with it; otherwise it is VALID and ``H`` shrinks by ``window - 1`` (Zhang's).
+    - "max_blur" (Zhang 2019 MaxBlurPool, :func:`invariance.pooling.max_blur_pool`): max over
+      ``window`` at stride 1 (dense), then BlurPool with ``stride``. With
+      ``pad_mode="circular"`` the dense max first pads circularly by ``window - 1`` at the
+      end, so the map keeps its size and a circular shift commutes with it; otherwise it is
+      VALID and ``H`` shrinks by ``window - 1`` (Zhang's).
     - "aps" (Chaman & Dokmanić 2021): adaptive polyphase sampling by ``stride`` (``norm``
       "l2"/"l1"/"linf", optional blur ``filter_size`` with ``pad_mode``, default circular).
       Avoid ``norm="l1"`` with ``filter_size > 1`` on non-negative maps: a binomial blur
@@ -114,7 +120,9 @@ class Pool(nn.Module):
       the same l1 norm (the sum): rounding decides, and exact shift invariance is lost.
     - "global_avg", "global_max", "global_min": one value per channel, for heads.
     - "strided_conv": a learned ``Conv(features, kernel=window, strides=stride, padding)``
-      (``features`` defaults to the input's ``C``; ``use_bias`` default True).
+      (``features`` defaults to the input's ``C``; ``use_bias`` default True); with
+      ``window == stride`` and VALID padding computed as :class:`PatchConv` (the same
+      parameters and function, one matrix product).
     - "none": the identity.
 
     For every downsampling kind ``stride`` defaults to ``window`` (so the default

@@ -206,7 +206,7 @@ def make_train_step(
     *,
     steps_per_epoch: int,
     mesh: Mesh | None = None,
-) -> Callable:
+) -> jax.stages.Wrapped:
     """The train step :func:`train` runs, jitted as it runs it (shardings, donated state).
 
     ``step(state, images, labels, perms) -> (state, metrics)``: ``state`` as
