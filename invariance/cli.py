@@ -21,7 +21,13 @@ from pathlib import Path
 __all__ = ["REPRODUCE_CONFIGS", "main"]
 
 # The default study, in the order it runs.
-REPRODUCE_CONFIGS = ("seed_figures", "pooling_table", "downsample_input")
+REPRODUCE_CONFIGS = (
+    "seed_figures",
+    "pooling_table",
+    "downsample_input",
+    "circular_backbone",
+    "augmentation",
+)
 
 
 class UserError(Exception):

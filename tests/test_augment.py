@@ -115,3 +115,18 @@ def test_train_refuses_bad_augment_in_one_line(tmp_path):
     c.augment = {"mask_ratio": [0.6, 0.2]}
     with pytest.raises(ValueError, match="mask_ratio must be"):
         train(c, workdir=tmp_path / "bad")
+
+
+def test_resume_with_another_augment_is_refused(tmp_path):
+    """train.augment is an identity field: a checkpoint trained without it is not resumed
+    with it (nor the other way round)."""
+    from invariance.train import default_config, train
+
+    c = default_config()
+    c.dataset, c.train_examples, c.eval_examples = "synthetic", 64, 16
+    c.num_epochs, c.stop_after_epochs, c.batch_size, c.progress = 2, 1, 32, False
+    c.model_options = ml_collections.ConfigDict({"pool": "max", "widths": (2, 4)})
+    train(c, workdir=tmp_path / "run")
+    c.augment = {"translate": 2}
+    with pytest.raises(ValueError, match="different augment"):
+        train(c, workdir=tmp_path / "run")

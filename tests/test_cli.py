@@ -38,6 +38,8 @@ def test_configs_resolve_and_hash_identity():
         "downsample_input",
         "sensitivity_maps",
         "cifar10_blurpool",
+        "circular_backbone",
+        "augmentation",
     ):
         for profile in ("tiny", "quick", "full"):
             base, cells = C.resolve(name, profile=profile)
@@ -172,7 +174,7 @@ def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path):
     r = _cli(["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "out"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "out"
-    for name in ("pooling_table", "downsample_input"):
+    for name in ("pooling_table", "downsample_input", "circular_backbone", "augmentation"):
         for ext in ("md", "csv", "tex"):
             assert (out / f"{name}.{ext}").is_file()
     assert (out / "seed_figures.md").is_file() and (out / "seed_figures_examples.png").is_file()
