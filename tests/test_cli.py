@@ -174,7 +174,7 @@ def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path):
     r = _cli(["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "out"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "out"
-    for name in ("pooling_table", "downsample_input", "circular_backbone", "augmentation"):
+    for name in ("pooling_table", "downsample_input"):
         for ext in ("md", "csv", "tex"):
             assert (out / f"{name}.{ext}").is_file()
     assert (out / "seed_figures.md").is_file() and (out / "seed_figures_examples.png").is_file()
