@@ -87,7 +87,8 @@ NOT_FAST: tuple[str, ...] = (
     "tests/test_pooling.py::test_max_blur_pool_is_the_layers_max_blur",  # 86 s in -m fast, -n auto
     "tests/test_pooling.py::test_max_grad_with_padding_and_uncovered_rows",  # 12 s
     "tests/test_pooling.py::test_output_shape_matches_output_size",  # 30 s
-    "tests/test_pooling.py::test_pad_hw_mode_equals_jnp_pad_value_and_gradient",  # 58 s, ditto
+    # 58 s:
+    "tests/test_pooling_formulations.py::test_pad_hw_mode_equals_jnp_pad_value_and_gradient",
     "tests/test_traces.py::test_protocol_traces_its_step_once_over_padded_chunks",  # 17 s
     "tests/test_transforms.py::test_fill_extreme_is_per_image",  # 8 s
     "tests/test_transforms.py::test_fill_in_rotate_and_traced_numeric_fill",  # 7 s
