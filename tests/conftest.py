@@ -35,6 +35,13 @@ def pytest_xdist_auto_num_workers(config):
 NOT_FAST: tuple[str, ...] = (
     "tests/test_train.py",  # 405 s
     "tests/test_cpu_kernel.py",  # 147 s
+    # Timed on the quiet VM after the last merges (-m fast --durations, -n auto):
+    "tests/test_studies.py",  # 26-66 s a test (tiny studies trained end to end)
+    "tests/test_readme.py",  # 29 s (the README tour trains 2 seeds)
+    "tests/test_pooling_formulations.py",  # 2-6 s a parameter, ~70 parameters
+    "tests/test_augment.py::test_train_step_applies_augment_and_keeps_plain_runs_unchanged",
+    "tests/test_augment.py::test_resume_with_another_augment_is_refused",  # 6 s
+    "tests/test_models.py::test_strided_conv_patch_product_is_the_convolution",  # 4-5 s
     "invariance/models/__init__.py::invariance.models",  # 8 s
     "tests/test_cli.py::test_user_errors_are_one_line",  # 35 s
     "tests/test_bench.py::test_bench_train_bad_rows_is_one_line_and_exit_2",  # 8 s
