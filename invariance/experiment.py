@@ -21,6 +21,7 @@ optimizer, schedule and every number of the training config) before a sweep load
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -43,6 +44,8 @@ __all__ = [
     "IMAGE_SHAPES",
     "PROTOCOL_FNS",
     "keep_config_on_failure",
+    "protocol_id",
+    "protocol_key",
     "run_cell",
     "validate_cell",
     "validate_cells",
@@ -84,6 +87,22 @@ def _run_protocol(
         raise ValueError(f"unknown protocol {name!r}: valid are {', '.join(PROTOCOL_FNS)}")
     fn = measure.get_protocol(name)
     return fn(apply_fn, params, images, labels=labels, key=key, chunk_size=chunk_size, **spec)
+
+
+def protocol_id(spec: dict[str, Any]) -> int:
+    """A protocol entry's 31-bit id: the first four bytes of the sha256 of its JSON (sorted
+    keys). It depends on what the entry says, not on where it stands in the list, so adding,
+    removing or reordering a study's protocols leaves every other protocol's numbers as they
+    were."""
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def protocol_key(root: jax.Array, seed_index: int, spec: dict[str, Any]) -> jax.Array:
+    """The PRNG key of one protocol entry for one trained seed:
+    ``fold_in(fold_in(root, seed_index), protocol_id(spec))``, with ``root`` the key of
+    ``measure.seed`` and ``seed_index`` the seed's index in the cell."""
+    return jax.random.fold_in(jax.random.fold_in(root, seed_index), protocol_id(spec))
 
 
 @contextlib.contextmanager
@@ -142,8 +161,8 @@ def train_measure(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str
             "train_examples": tcfg.train_examples,
         }
         rows.append({**base, "protocol": "accuracy", "accuracy": float(test_acc[s])})
-        for i, spec in enumerate(protocols):
-            key = jax.random.fold_in(jax.random.fold_in(root, s), i)
+        for spec in protocols:
+            key = protocol_key(root, s, spec)
             out = _run_protocol(spec, apply_fn, variables, images, labels, key, mcfg.chunk_size)
             rows.extend({**base, **r} for r in out)
     return rows

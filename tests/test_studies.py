@@ -129,3 +129,29 @@ def test_augmentation_study_tiny(tmp_path):
     report(tmp_path / "augmentation", tmp_path / "out")
     table = (tmp_path / "out" / "augmentation.md").read_text()
     assert "| max + translate (3 px) | " in table and "consistency const. ±6 %" in table
+
+
+def test_a_protocols_numbers_do_not_depend_on_the_other_protocols(tmp_path):
+    """A protocol's key comes from what its entry says (experiment.protocol_id), not from its
+    place in the list: adding a protocol before it leaves its rows as they were."""
+    shift = {"fn": "shift_consistency", "max_shift": 2, "mode": "circular", "pairs": "two_shifted"}
+    mask = {"fn": "severity_curve", "transform": "random_mask", "severities": [0.3]}
+
+    def rows_of(protocols, sub):
+        _, cells = C.resolve("pooling_table", profile="tiny", overrides={"progress": False})
+        cfg = cells[0]
+        cfg.train.num_seeds = 1
+        cfg.measure.protocols = protocols
+        run_cell(cfg.to_dict(), str(tmp_path / sub))
+        text = (tmp_path / sub / "rows.jsonl").read_text()
+        rows = [json.loads(line) for line in text.splitlines()]
+        timing = ("train_seconds",)  # wall time: the one field two runs may not share
+        return [
+            {k: v for k, v in r.items() if k not in timing}
+            for r in rows
+            if r["protocol"] == "severity_curve"
+        ]
+
+    alone = rows_of([mask], "alone")
+    after_another = rows_of([shift, mask], "after")
+    assert alone and alone == after_another
