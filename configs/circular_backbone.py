@@ -58,6 +58,9 @@ KINDS = {
     "aps": {"pool": "aps"},
     "strided_conv": {"pool": "strided_conv"},
 }
+#: The GAP head learns slowly at the default 1e-3 (see the module doc: aps reached 55.6% after
+#: 8 short epochs at 1e-3, 71.4% at 1e-2), so this study trains at 1e-2.
+LEARNING_RATE = 1e-2
 #: The backbone every row shares.
 BACKBONE = {"conv_padding": "CIRCULAR", "head": "gap"}
 
@@ -82,6 +85,7 @@ COLUMNS = [
 def get_config(profile="quick"):
     c = train_measure_config("circular_backbone", profile)
     c.train.model_options.update(BACKBONE)
+    c.train.learning_rate = LEARNING_RATE
     c.measure.protocols = [
         {"fn": "shift_consistency", "max_shift": 3, "mode": "circular", "pairs": "two_shifted"},
         {"fn": "shift_consistency", "max_shift": 3, "mode": "constant", "pairs": "two_shifted"},

@@ -119,8 +119,8 @@ def get_config(profile="quick"):
         {"fn": "severity_curve", "transform": "occlusion", "severities": [8]},
         {
             "fn": "translation_sensitivity_map",
-            "max_shift": 8 if profile == "full" else 4,
-            "num_images": None if profile == "full" else 250,
+            "max_shift": 6 if profile == "full" else 4,
+            "num_images": 1000 if profile == "full" else 250,
         },
     ]
     c.report = {

@@ -14,20 +14,27 @@ cells failed (diverged) ends with a summary line and status 1. What a sweep guar
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
-__all__ = ["REPRODUCE_CONFIGS", "main"]
+__all__ = ["FULL_ONLY_CONFIGS", "REPRODUCE_CONFIGS", "main", "reproduce_configs"]
 
-# The default study, in the order it runs. `circular_backbone` and `augmentation` run with
-# `invariance sweep NAME`: with them the quick reproduce took ~33 min on a 2-core CPU instead
-# of ~20, and they join it once the full study's sizes are settled.
+# The studies `invariance reproduce` runs, in order. The full profile adds the circular
+# backbone and the augmentation studies; in the quick profile they would double the main job's
+# ~20 min on a 2-core CPU (measured: ~33 min), so there they run with `invariance sweep NAME`.
 REPRODUCE_CONFIGS = (
     "seed_figures",
     "pooling_table",
     "downsample_input",
 )
+FULL_ONLY_CONFIGS = ("circular_backbone", "augmentation")
+
+
+def reproduce_configs(profile: str) -> tuple[str, ...]:
+    """The studies ``invariance reproduce --profile PROFILE`` runs, in order."""
+    return REPRODUCE_CONFIGS + (FULL_ONLY_CONFIGS if profile == "full" else ())
 
 
 class UserError(Exception):
@@ -110,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="the default study, written to results/")
     rp.add_argument("--profile", default="quick", choices=PROFILES)
     rp.add_argument("--workdir", default=None, help="default runs/reproduce-<profile>")
-    rp.add_argument("--out", default=None, help="default results/<profile>")
+    rp.add_argument(
+        "--out",
+        default=None,
+        help="default results/<profile> (with -set-<hash> after --set overrides); each study keeps "
+        "its finished cells' light files there (OUT/STUDY/cells), and a rerun skips them",
+    )
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     rp.add_argument(
         "--dry-run", action="store_true", help="list every config's cells and state; run none"
@@ -216,14 +228,18 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _default_workdir(stem: str, profile: str, overrides: list[str]) -> Path:
-    """``runs/<stem>-<profile>``, with a hash of the ``--set`` overrides when there are any:
-    runs with different overrides never share a folder."""
+def _set_tag(overrides: list[str]) -> str:
+    """``-set-<hash>`` of the ``--set`` overrides, or "" when there are none."""
     from invariance import config as C
 
     parsed = C.parse_set(overrides)
-    tag = f"-set-{C.overrides_hash(parsed)}" if parsed else ""
-    return Path("runs") / f"{stem}-{profile}{tag}"
+    return f"-set-{C.overrides_hash(parsed)}" if parsed else ""
+
+
+def _default_workdir(stem: str, profile: str, overrides: list[str]) -> Path:
+    """``runs/<stem>-<profile>``, with a hash of the ``--set`` overrides when there are any:
+    runs with different overrides never share a folder."""
+    return Path("runs") / f"{stem}-{profile}{_set_tag(overrides)}"
 
 
 def _resolve_cells(name: str, profile: str, overrides: list[str]) -> list:
@@ -293,15 +309,18 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
+    from invariance import store
     from invariance.experiment import run_cell
     from invariance.report import report
-    from invariance.sweep import run_sweep
+    from invariance.sweep import claim_workdir, lock, run_sweep
 
     root = _writable_dir(
         args.workdir or _default_workdir("reproduce", args.profile, args.set), "--workdir"
     )
-    out = _writable_dir(args.out or Path("results") / args.profile, "--out")
-    studies = {n: _resolve_cells(n, args.profile, args.set) for n in REPRODUCE_CONFIGS}
+    default_out = Path("results") / f"{args.profile}{_set_tag(args.set)}"
+    out = _writable_dir(args.out or default_out, "--out")
+    names = reproduce_configs(args.profile)
+    studies = {n: _resolve_cells(n, args.profile, args.set) for n in names}
     if args.dry_run:
         for name, cells in studies.items():
             _dry_run(cells, root / name)
@@ -309,10 +328,19 @@ def _cmd_reproduce(args) -> int:
     failed = []
     for name, cells in studies.items():
         print(f"== {name} ({args.profile})", flush=True)
-        result = run_sweep(cells, root / name, cell_fn=run_cell)
+        kept = out / name  # the study's store: the light files of its finished cells
+        with lock(kept):
+            claim_workdir(kept, cells)
+            back = store.restore(cells, kept, root / name)
+            if back:
+                print(f"{len(back)} cells restored from {kept}", flush=True)
+            keep = functools.partial(_keep_in_store, store=kept)
+            result = run_sweep(cells, root / name, cell_fn=run_cell, on_finished=keep)
+            for folder in result.folders:  # a report section changed since: refreshed
+                store.keep(folder, kept)
         print(result.summary(), flush=True)
         failed += result.failed
-    for p in report(root, out):
+    for p in report(out, out):
         print(p)
     if args.update_readme:
         update_readme(Path(args.update_readme), out)
@@ -320,6 +348,13 @@ def _cmd_reproduce(args) -> int:
         print(f"reproduce: {len(failed)} cells failed; the tables mark them", file=sys.stderr)
         return 1
     return 0
+
+
+def _keep_in_store(folder: Path, store: Path) -> None:
+    """Copies a finished cell into the study's store (:func:`invariance.store.keep`)."""
+    from invariance import store as store_lib
+
+    store_lib.keep(folder, store)
 
 
 def update_readme(readme: Path, tables: Path) -> None:

@@ -296,11 +296,14 @@ PROFILE_SIZES = {
         eval_examples=1000,
         batch_size=128,
     ),
+    # All 60k training images; 6 epochs: measured on the 2-core CPU, max pooling at widths
+    # (32, 64), one seed, reached 88.5, 90.2, 90.7, 91.3, 91.6% test accuracy after epochs 1-5 of
+    # a 5-epoch cosine schedule (41 s per epoch), so 5 epochs leave no margin over 91.5%.
     "full": dict(
         dataset="fashion_mnist",
         train_examples=None,
-        num_epochs=10,
-        num_seeds=5,
+        num_epochs=6,
+        num_seeds=3,
         widths=(32, 64),
         eval_examples=None,
         batch_size=128,

@@ -424,6 +424,7 @@ def run_sweep(
     slurm: dict[str, Any] | None = None,
     progress: bool = True,
     claim: bool = True,
+    on_finished: Callable[[Path], Any] | None = None,
 ) -> SweepResult:
     """Runs every unfinished cell under the workdir's lock; failed cells do not stop the others.
 
@@ -443,6 +444,9 @@ def run_sweep(
         claim: record or check the workdir's study (:func:`claim_workdir`); ``invariance
             measure`` passes False to add a re-measured cell (its own hash, its own row in
             the report) to a sweep's folder.
+        on_finished: called with each cell's folder as soon as the cell finishes (in this
+            process; ``invariance reproduce`` copies it into its store, see
+            :mod:`invariance.store`).
 
     Returns:
         A :class:`SweepResult`.
@@ -459,13 +463,34 @@ def run_sweep(
     with lock(workdir):
         if claim:
             claim_workdir(workdir, cells)
-        return _run_locked(cells, workdir, cell_fn, backend, processes, cluster, slurm, progress)
+        run = _Run(cell_fn, backend, processes, cluster, slurm, progress, on_finished)
+        return _run_locked(cells, workdir, run)
 
 
-def _run_locked(cells, workdir, cell_fn, backend, processes, cluster, slurm, progress):
+@dataclasses.dataclass
+class _Run:
+    """How :func:`run_sweep` runs its cells (its keyword arguments)."""
+
+    cell_fn: CellFn
+    backend: str
+    processes: int
+    cluster: str | None
+    slurm: dict[str, Any] | None
+    progress: bool
+    on_finished: Callable[[Path], Any] | None
+
+    def finished(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Passes a finished cell's folder to ``on_finished``; returns ``result``."""
+        if self.on_finished is not None and result["status"] == "finished":
+            self.on_finished(Path(result["folder"]))
+        return result
+
+
+def _run_locked(cells, workdir: Path, run: _Run) -> SweepResult:
     todo = pending_cells(cells, workdir)
     all_dirs = [cell_dir(workdir, c) for c in cells]
-    say = print if progress else (lambda *a, **k: None)
+    cell_fn, backend, processes = run.cell_fn, run.backend, run.processes
+    say = print if run.progress else (lambda *a, **k: None)
     say(f"sweep: {len(set(all_dirs))} cells, {len(todo)} to run, in {workdir}", flush=True)
     _refresh_finished(cells, workdir, {f for _, f in todo})
     for _, folder in todo:
@@ -476,7 +501,7 @@ def _run_locked(cells, workdir, cell_fn, backend, processes, cluster, slurm, pro
     if backend == "local" and processes == 1:
         for i, (cfg, folder) in enumerate(todo):
             say(f"[{i + 1}/{len(todo)}] {folder.name}", flush=True)
-            results.append(_run_one(cell_fn, cfg, str(folder)))
+            results.append(run.finished(_run_one(cell_fn, cfg, str(folder))))
     elif backend == "local" and todo:
         ctx = mp.get_context("spawn")  # JAX is not fork-safe
         with cf.ProcessPoolExecutor(
@@ -484,18 +509,18 @@ def _run_locked(cells, workdir, cell_fn, backend, processes, cluster, slurm, pro
         ) as pool:
             futures = {pool.submit(_run_one, cell_fn, c, str(f)): f for c, f in todo}
             for fut in cf.as_completed(futures):
-                results.append(fut.result())
+                results.append(run.finished(fut.result()))
                 say(f"{results[-1]['status']} {futures[fut].name}", flush=True)
     elif todo:
         import submitit
 
-        executor = submitit.AutoExecutor(folder=workdir / "submitit", cluster=cluster)
-        executor.update_parameters(**(slurm or {}))
+        executor = submitit.AutoExecutor(folder=workdir / "submitit", cluster=run.cluster)
+        executor.update_parameters(**(run.slurm or {}))
         jobs = executor.map_array(
             _run_one, [cell_fn] * len(todo), [c for c, _ in todo], [str(f) for _, f in todo]
         )
         for job in jobs:
-            results.append(job.result())
+            results.append(run.finished(job.result()))
             say(f"{results[-1]['status']} job {job.job_id}", flush=True)
     failed = [r for r in results if r["status"] == "failed"]
     return SweepResult(folders=all_dirs, failed=failed)

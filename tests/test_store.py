@@ -1,0 +1,103 @@
+"""invariance reproduce keeps each study's finished cells (light files only) under OUT/STUDY/;
+a rerun restores them instead of recomputing, and the report regenerates byte-identically."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from invariance import cli, experiment, store
+
+STUDY = "downsample_input"  # two tiny cells: the cheapest study that trains
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """One tiny reproduce of one study into ``tmp/results`` (workdir ``tmp/runs``)."""
+    root = tmp_path_factory.mktemp("reproduce")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cli, "REPRODUCE_CONFIGS", (STUDY,))
+    mp.chdir(root)
+    try:
+        args = ["reproduce", "--profile", "tiny", "--set", "progress=False"]
+        rc = cli.main([*args, "--workdir", "runs", "--out", "results"])
+    finally:
+        mp.undo()
+    assert rc == 0
+    return root
+
+
+def _stored_cells(root: Path) -> list[Path]:
+    return sorted((root / "results" / STUDY / "cells").iterdir())
+
+
+def test_finished_cells_are_stored_without_checkpoints(reproduced):
+    cells = _stored_cells(reproduced)
+    assert len(cells) == 2
+    for cell in cells:
+        names = {p.relative_to(cell).as_posix() for p in cell.rglob("*") if p.is_file()}
+        assert {"config.json", "rows.jsonl", "done.json", "provenance.json"} <= names
+        assert "train/metrics.jsonl" in names
+        assert not any("checkpoint" in n or n.endswith(".lock") for n in names)
+        assert (cell / "rows.jsonl").read_bytes() == (
+            reproduced / "runs" / STUDY / "cells" / cell.name / "rows.jsonl"
+        ).read_bytes()
+
+
+def test_a_rerun_restores_the_stored_cells_instead_of_computing_them(
+    reproduced, tmp_path, monkeypatch, capsys
+):
+    """A fresh machine with the committed store only (no workdir): nothing is recomputed."""
+    shutil.copytree(reproduced / "results", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "REPRODUCE_CONFIGS", (STUDY,))
+
+    def must_not_run(config, folder):
+        raise AssertionError(f"cell {folder} was recomputed")
+
+    monkeypatch.setattr(experiment, "run_cell", must_not_run)
+    args = ["reproduce", "--profile", "tiny", "--set", "progress=False"]
+    assert cli.main([*args, "--workdir", "runs", "--out", "results"]) == 0
+    assert "2 cells restored" in capsys.readouterr().out
+    table = "results/downsample_input.md"
+    assert (tmp_path / table).read_bytes() == (reproduced / table).read_bytes()
+
+
+def test_a_damaged_or_foreign_stored_cell_is_not_restored(reproduced, tmp_path):
+    shutil.copytree(reproduced / "results", tmp_path / "results")
+    cells_cfg = [json.loads((c / "config.json").read_text()) for c in _stored_cells(tmp_path)]
+    kept = tmp_path / "results" / STUDY
+    bad, other = _stored_cells(tmp_path)
+    rows = bad / "rows.jsonl"
+    rows.write_text(rows.read_text().replace('"accuracy": 0.', '"accuracy": 1.', 1))
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["train"]["num_epochs"] = 99  # a stored cell whose config is not the cell's
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert store.restore(cells_cfg, kept, tmp_path / "runs" / STUDY) == []
+
+
+def test_a_store_of_another_config_is_refused_in_one_line(reproduced, tmp_path, capsys):
+    shutil.copytree(reproduced / "results", tmp_path / "results")
+    args = ["reproduce", "--profile", "tiny", "--set", "progress=False"]
+    args += ["--set", "train.num_epochs=2", "--workdir", str(tmp_path / "runs")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "REPRODUCE_CONFIGS", (STUDY,))
+        rc = cli.main([*args, "--out", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "another resolved config" in err and "num_epochs" in err
+
+
+def test_the_report_of_a_copied_store_is_byte_identical(reproduced, tmp_path, monkeypatch):
+    """What results/full promises: `invariance report` on a copy of the committed store
+    writes the committed tables and figures byte for byte."""
+    shutil.copytree(reproduced / "results", tmp_path / "results")
+    made = sorted(p for p in (reproduced / "results").iterdir() if p.is_file())
+    for p in made:
+        (tmp_path / "results" / p.name).unlink()
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", "results", "--out", "results"]) == 0
+    assert made, "the reproduce wrote no tables"
+    for p in made:
+        assert (tmp_path / "results" / p.name).read_bytes() == p.read_bytes(), p.name
