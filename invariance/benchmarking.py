@@ -42,6 +42,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from invariance._procs import end_with_parent
+
 __all__ = [
     "ENV_SWITCHES",
     "combine",
@@ -168,12 +170,14 @@ def in_fresh_process(target: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``target(*args, **kwargs)`` in a new Python process (``spawn``); returns its result.
 
     The child starts from nothing (no JAX state, fresh allocator, fresh buffer placement) and
-    inherits the environment. ``target`` must be importable by name (a module-level function
+    inherits the environment, and ends itself if this process dies (a killed benchmark
+    leaves nothing running). ``target`` must be importable by name (a module-level function
     of a module or of the running script) and its arguments and result picklable. An
     exception in the child is raised here.
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    watch = {"initializer": end_with_parent, "initargs": (os.getpid(),)}
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, **watch) as pool:
         return pool.submit(target, *args, **kwargs).result()
 
 

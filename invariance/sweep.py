@@ -28,13 +28,13 @@ import multiprocessing as mp
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
+from invariance._procs import end_with_parent
 from invariance.config import config_hash, study_part, to_dict
 from invariance.io import atomic_write_json
 
@@ -374,18 +374,6 @@ def _refresh_finished(cells, workdir: Path, todo: set[Path]) -> None:
                 atomic_write_json(path, d)
 
 
-def _watch_parent(parent: int) -> None:
-    """Process-pool initializer: the worker ends itself once its parent process is gone."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(70)
-
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
-
-
 @dataclasses.dataclass
 class SweepResult:
     """What :func:`run_sweep` returns.
@@ -505,7 +493,7 @@ def _run_locked(cells, workdir: Path, run: _Run) -> SweepResult:
     elif backend == "local" and todo:
         ctx = mp.get_context("spawn")  # JAX is not fork-safe
         with cf.ProcessPoolExecutor(
-            processes, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),)
+            processes, mp_context=ctx, initializer=end_with_parent, initargs=(os.getpid(),)
         ) as pool:
             futures = {pool.submit(_run_one, cell_fn, c, str(f)): f for c, f in todo}
             for fut in cf.as_completed(futures):

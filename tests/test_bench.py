@@ -11,8 +11,10 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,52 @@ def test_fresh_processes_return_results_raise_errors_and_get_their_seed():
     assert out == [{"seed": 0}, {"seed": 1}] and seen == [0, 1]
     with pytest.raises(ValueError, match="processes must be >= 1"):
         benchmarking.in_processes(dict, 0)
+
+
+_SLEEPER = """
+import os, time
+
+
+def sleep_and_say(pids):
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+    time.sleep(120)
+"""
+
+
+def test_a_fresh_process_ends_when_its_parent_dies(tmp_path):
+    """A killed benchmark leaves no child process timing on (they once kept two cores busy)."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    (tmp_path / "sleeper.py").write_text(_SLEEPER)
+    code = (
+        "import sleeper\nfrom invariance import benchmarking\n"
+        f"benchmarking.in_fresh_process(sleeper.sleep_and_say, {str(pids)!r})\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.time() + 60
+        while not list(pids.iterdir()) and time.time() < deadline:
+            time.sleep(0.1)
+        (child,) = [int(p.name) for p in pids.iterdir()]
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.time() + 10
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the benchmark's child outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def test_command_line_and_header(monkeypatch):
