@@ -12,7 +12,8 @@ the masking robustness each training buys.
 
 Command:  invariance sweep augmentation --profile quick
           invariance report runs/augmentation-quick
-          (not yet part of `invariance reproduce`: see REPRODUCE_CONFIGS in invariance/cli.py)
+          (part of `invariance reproduce --profile full`; in the quick profile it runs with
+          `invariance sweep` only: see FULL_ONLY_CONFIGS in invariance/cli.py)
 Runtime:  quick: not yet measured on the 2-core CPU (9 cells x 3 seeds, 12k train images,
           2 epochs); full: not yet measured (60k images, 10 epochs, 5 seeds; a GPU time is
           an estimate until measured on one).
