@@ -101,3 +101,29 @@ def test_the_report_of_a_copied_store_is_byte_identical(reproduced, tmp_path, mo
     assert made, "the reproduce wrote no tables"
     for p in made:
         assert (tmp_path / "results" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+REPO = Path(__file__).resolve().parents[1]
+STORES = sorted(p.name for p in (REPO / "results").iterdir() if any(p.glob("*/cells")))
+
+
+@pytest.mark.parametrize("profile", STORES or ["(no committed store)"])
+def test_committed_results_regenerate_byte_identically(profile, tmp_path, monkeypatch):
+    """Every committed table and figure of a committed store (results/full) is what
+    `invariance report results/PROFILE --out results/PROFILE` makes from its rows."""
+    if not STORES:
+        pytest.skip("results/ holds no store yet")
+    src = REPO / "results" / profile
+    made = sorted(
+        p for p in src.iterdir() if p.is_file() and p.suffix in {".md", ".csv", ".tex", ".png"}
+    )
+    if not made:
+        pytest.skip(f"results/{profile} holds cells but no tables yet")
+    shutil.copytree(src, tmp_path / "results" / profile)
+    for p in made:
+        (tmp_path / "results" / profile / p.name).unlink()
+    monkeypatch.chdir(tmp_path)
+    out = f"results/{profile}"
+    assert cli.main(["report", out, "--out", out]) == 0
+    for p in made:
+        assert (tmp_path / out / p.name).read_bytes() == p.read_bytes(), p.name
