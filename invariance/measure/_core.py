@@ -304,6 +304,12 @@ def shift_range(low: Any, high: Any) -> str:
     return f"{num(low)}..{num(high)}"
 
 
+def shift_columns(low: int, high: int) -> dict[str, Any]:
+    """The rows' ``max_shift`` (the largest ``|shift|``) and ``shift_range`` (``"low..high"``)
+    of integer shifts ``low..high``."""
+    return {"max_shift": max(abs(low), abs(high)), "shift_range": shift_range(low, high)}
+
+
 def mean(values: Any) -> float:
     """Mean over every element in float64, as a Python float."""
     return float(np.mean(np.asarray(values, np.float64)))

@@ -148,8 +148,7 @@ def _tsm_rows(call, out, grid, s, mode, layer) -> list[dict[str, Any]]:
         transform="translate",
         mode=mode,
         pairs="original_vs_shifted",
-        max_shift=s,
-        shift_range=C.shift_range(-s, s),
+        **C.shift_columns(-s, s),
         layer=layer,
     )
     rows = [
@@ -425,6 +424,11 @@ def equivariance_error(
         mode=mode,
         progress=progress,
     )
+    return _equivariance_error(call, apply_fn, variables, chunk_size, layer, stride, pairs, mode)
+
+
+def _equivariance_error(call, apply_fn, variables, chunk_size, layer, stride, pairs, mode):
+    """:func:`equivariance_error` on checked options: the layer's rank, the stream, the rows."""
     chunk_size = C.chunk_images(chunk_size, len(pairs))
     rep = C.check_representation(apply_fn, variables, call.images, layer)
     probe = jax.ShapeDtypeStruct((1, *call.shape), jnp.float32)

@@ -36,12 +36,6 @@ def _accuracy(pred: np.ndarray | None, labels: np.ndarray | None) -> float | Non
     return C.mean(pred == labels)
 
 
-def _shift_columns(low: int, high: int) -> dict[str, Any]:
-    """The rows' ``max_shift`` (the largest ``|shift|``) and ``shift_range`` (``"low..high"``)
-    of shifts ``low..high``."""
-    return {"max_shift": max(abs(low), abs(high)), "shift_range": C.shift_range(low, high)}
-
-
 def _check_shift_consistency(
     shape: tuple[int, ...], *, max_shift: Any, mode: Any, pairs: Any, num_pairs: Any, progress: Any
 ) -> tuple[int, int]:
@@ -152,7 +146,7 @@ def _shift_consistency(call, apply_fn, variables, chunk_size, s, mode, pairs, nu
         severity=s,
         mode=mode,
         pairs=pairs,
-        **_shift_columns(-s, s),
+        **C.shift_columns(-s, s),
         consistency=C.mean(out["agree"]),
         accuracy=_accuracy(out.get("pred"), call.labels),
         num_pairs=num_pairs,
@@ -240,7 +234,7 @@ def one_pixel_flip_rate(
         severity=1,
         mode=mode,
         pairs="consecutive_diagonal",
-        **_shift_columns(-m, m),
+        **C.shift_columns(-m, m),
         accuracy=_accuracy(out["pred"], call.labels),
     )
     top1, mac = out["top1"], out["mac"]
@@ -339,7 +333,7 @@ def cifar_p_flip_rate(
         transform="translate",
         mode=mode,
         pairs="consecutive_frames",
-        **_shift_columns(lo, hi),
+        **C.shift_columns(lo, hi),
         flip_rate=C.mean(out["flip"]),
         accuracy=_accuracy(out.get("pred"), call.labels),
         n_frames=hi - lo + 1,
