@@ -435,7 +435,7 @@ def _validate_train_measure(c: dict[str, Any]) -> None:
 
 
 def _validate_seed_figures(c: dict[str, Any]) -> None:
-    from invariance.measure._core import resolve_transform
+    from invariance.measure._families import resolve_transform
 
     if c.get("dataset") not in IMAGE_SHAPES:
         raise ConfigError(

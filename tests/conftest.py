@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from pathlib import Path
 
 # Tests run on the CPU whatever the machine has, so results are the same everywhere.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,6 +12,10 @@ from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=30)
 settings.load_profile("ci")
+
+#: The checkout the tests run on, and its tests/ folder (child processes import helpers from it).
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 
 MAX_WORKERS = 4  # each worker is a JAX process compiling its own programs (~0.5 GB each)
 
@@ -158,3 +163,26 @@ def check_jit_vmap():
     """The shared "jit == eager, vmap == loop" checker: ``check_jit_vmap(fn, *batch, atol=,
     rtol=)``; see :func:`_check_jit_vmap`."""
     return _check_jit_vmap
+
+
+# ----------------------------------------------------------------------------- child processes
+
+
+def _child_env(*paths, **variables):
+    """The environment of a Python child process a test starts: this process's, with
+    ``PYTHONPATH`` = this checkout (its ``invariance``), tests/ (the test modules, whose helpers
+    a child script imports as ``from test_train import small_config``), then ``paths`` (e.g. a
+    tmp folder holding a module the test wrote), then any ``PYTHONPATH`` already set; and the
+    environment ``variables`` set on top (strings)."""
+    entries = [str(REPO), str(TESTS), *map(str, paths)]
+    if os.environ.get("PYTHONPATH"):
+        entries.append(os.environ["PYTHONPATH"])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(entries), **variables}
+
+
+@pytest.fixture(scope="session")
+def child_env():
+    """``child_env(*paths, **variables)``: the environment for ``subprocess.run(..., env=)`` of
+    a Python child, importing this checkout and tests/ without ``sys.path`` edits in the
+    child's script; see :func:`_child_env`."""
+    return _child_env

@@ -258,8 +258,6 @@ def test_build_key_includes_the_isa(tmp_path):
 
 
 _PORTABLE_CHECK = """
-import sys
-sys.path.insert(0, "tests")
 import jax
 from invariance import pooling
 from invariance.pooling import _cpu_kernel
@@ -285,18 +283,16 @@ print("portable build: the same results")
 
 
 @needs_kernel
-def test_portable_build_matches_xla_path(tmp_path):
+def test_portable_build_matches_xla_path(tmp_path, child_env):
     """The SSE2 / NEON build (no -mavx2), which CI machines with AVX2 never load by default."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    env = dict(os.environ, INVARIANCE_CPU_KERNEL_ISA="generic", INVARIANCE_CACHE_DIR=str(tmp_path))
-    root = Path(__file__).resolve().parents[1]
+    env = child_env(INVARIANCE_CPU_KERNEL_ISA="generic", INVARIANCE_CACHE_DIR=str(tmp_path))
     proc = subprocess.run(
         [sys.executable, "-c", _PORTABLE_CHECK],
         env=env,
-        cwd=root,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,

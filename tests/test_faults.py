@@ -241,17 +241,17 @@ def get_sweep(profile="tiny"):
 
 
 @pytest.fixture(scope="module")
-def mini_sweep(tmp_path_factory):
+def mini_sweep(tmp_path_factory, child_env):
     """One healthy and one diverging tiny cell, swept by the real CLI in a subprocess."""
     tmp = tmp_path_factory.mktemp("mini")
     (tmp / "mini.py").write_text(_MINI)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", INVARIANCE_CACHE_DIR=str(tmp / "cache"))
+    env = child_env(JAX_PLATFORMS="cpu", INVARIANCE_CACHE_DIR=str(tmp / "cache"))
     r = subprocess.run(
         [sys.executable, "-m", "invariance.cli", "sweep", "mini.py", "--profile", "tiny"],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**env, "PYTHONPATH": str(REPO)},
+        env=env,
         cwd=tmp,
     )
     return tmp, r
@@ -277,21 +277,23 @@ def test_diverging_cell_is_recorded_and_the_others_go_on(mini_sweep, tmp_path):
     assert "| ok |" in md
 
 
-def test_remeasure_keeps_identities_and_the_report_shows_the_difference(mini_sweep, tmp_path):
+def test_remeasure_keeps_identities_and_the_report_shows_the_difference(
+    mini_sweep, tmp_path, child_env
+):
     from invariance.report import report
 
     tmp, _ = mini_sweep
     wd = tmp / "runs" / "mini-tiny"
     (ok,) = wd.glob("cells/ok-*")
     before = {p: p.read_bytes() for p in ok.rglob("*") if p.is_file() and p.name != ".lock"}
-    env = dict(os.environ, JAX_PLATFORMS="cpu", INVARIANCE_CACHE_DIR=str(tmp / "cache"))
+    env = child_env(JAX_PLATFORMS="cpu", INVARIANCE_CACHE_DIR=str(tmp / "cache"))
     r = subprocess.run(
         [sys.executable, "-m", "invariance.cli", "measure", str(ok)]
         + ["--set", "measure.eval_examples=32"],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**env, "PYTHONPATH": str(REPO)},
+        env=env,
         cwd=tmp,
     )
     assert r.returncode == 0, r.stderr[-2000:]
@@ -316,7 +318,7 @@ def test_remeasure_keeps_identities_and_the_report_shows_the_difference(mini_swe
         capture_output=True,
         text=True,
         timeout=300,
-        env={**env, "PYTHONPATH": str(REPO)},
+        env=env,
         cwd=tmp,
     )
     assert r2.returncode == 2 and "measure changes only measure.* keys" in r2.stderr
@@ -566,8 +568,7 @@ def test_dry_run_lists_cells_hashes_and_state(tmp_path, capsys, monkeypatch):
 # 2. Locks and processes.
 
 _HOLD = """
-import sys, time
-sys.path.insert(0, {repo!r})
+import time
 from invariance.sweep import lock
 with lock({folder!r}):
     print("locked", flush=True)
@@ -575,12 +576,13 @@ with lock({folder!r}):
 """
 
 
-def test_second_process_gets_one_line_naming_the_holder(tmp_path, capsys, monkeypatch):
+def test_second_process_gets_one_line_naming_the_holder(tmp_path, capsys, monkeypatch, child_env):
     folder = tmp_path / "w"
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD.format(repo=str(REPO), folder=str(folder))],
+        [sys.executable, "-c", _HOLD.format(folder=str(folder))],
         stdout=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -615,13 +617,14 @@ def test_second_process_gets_one_line_naming_the_holder(tmp_path, capsys, monkey
         pass
 
 
-def test_cell_folders_are_locked_too(tmp_path):
+def test_cell_folders_are_locked_too(tmp_path, child_env):
     cells = _cells(n=1)
     folder = cell_dir(tmp_path / "w", cells[0])
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD.format(repo=str(REPO), folder=str(folder))],
+        [sys.executable, "-c", _HOLD.format(folder=str(folder))],
         stdout=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -633,9 +636,6 @@ def test_cell_folders_are_locked_too(tmp_path):
 
 
 _POOL_PARENT = """
-import sys
-sys.path.insert(0, {repo!r})
-sys.path.insert(0, {here!r})
 from invariance.sweep import run_sweep
 from sleepy import sleepy_cell
 cells = [{{"name": "s", "cell_name": f"c{{i}}", "pids": {pids!r}}} for i in range(6)]
@@ -662,16 +662,14 @@ def _alive(pid):
     return state != "Z"
 
 
-def test_pool_workers_end_when_their_parent_dies(tmp_path):
+def test_pool_workers_end_when_their_parent_dies(tmp_path, child_env):
     if not Path("/proc").is_dir():
         pytest.skip("needs /proc")
     pids = tmp_path / "pids"
     pids.mkdir()
     (tmp_path / "sleepy.py").write_text(_SLEEPY)
-    script = _POOL_PARENT.format(
-        repo=str(REPO), here=str(tmp_path), pids=str(pids), wd=str(tmp_path / "w")
-    )
-    parent = subprocess.Popen([sys.executable, "-c", script])
+    script = _POOL_PARENT.format(pids=str(pids), wd=str(tmp_path / "w"))
+    parent = subprocess.Popen([sys.executable, "-c", script], env=child_env(tmp_path))
     try:
         deadline = time.time() + 60
         while len(list(pids.iterdir())) < 2 and time.time() < deadline:

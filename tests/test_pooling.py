@@ -631,3 +631,40 @@ def test_max_blur_pool_is_the_layers_max_blur(pad_mode, window, filter_size):
         y = P.max_blur_pool(x[:, :8, :8], window, **kw)
         ys = P.max_blur_pool(jnp.roll(x[:, :8, :8], (2, 4), axis=(1, 2)), window, **kw)
         np.testing.assert_allclose(np.roll(y, (1, 2), axis=(1, 2)), ys, rtol=1e-5, atol=1e-6)
+
+
+def test_override_swaps_a_kind_for_pool_and_the_models_pool_layer():
+    """pooling.override(kind, fn): pool() and the Pool layer call fn inside the block only,
+    the kind's own function comes back on exit (also after an error), overrides nest."""
+    from invariance.models.layers import Pool
+
+    x = jnp.asarray(SEED_001)[None, ..., None]  # (1, 4, 4, 1)
+    calls = []
+
+    def corner(x, window, *, stride=None, padding="VALID"):  # max's signature
+        calls.append((window, stride, padding))
+        return x[..., ::window, ::window, :]
+
+    layer = Pool("max", window=2)
+    variables = layer.init(jax.random.key(0), x)
+    own = P.pool(x, "max", window=2)
+    with P.override("max", corner):
+        np.testing.assert_array_equal(P.pool(x, "max", window=2), x[:, ::2, ::2])
+        np.testing.assert_array_equal(layer.apply(variables, x), x[:, ::2, ::2])
+        np.testing.assert_array_equal(P.pool(x, "avg", window=2), P.avg_pool(x, 2))  # others kept
+        with P.override("max", lambda x, window, **_: -P.max_pool(x, window)):
+            np.testing.assert_array_equal(P.pool(x, "max", window=2), -own)
+        np.testing.assert_array_equal(P.pool(x, "max", window=2), x[:, ::2, ::2])  # outer back
+    assert calls == [(2, None, "VALID"), (2, 2, "VALID"), (2, None, "VALID")]
+    np.testing.assert_array_equal(P.pool(x, "max", window=2), own)
+    with pytest.raises(RuntimeError, match="inside"):
+        with P.override("max", corner):
+            raise RuntimeError("inside")
+    np.testing.assert_array_equal(layer.apply(variables, x), own)  # restored after the error
+    with pytest.raises(ValueError, match="unknown pooling kind 'nosuch': valid are max, min"):
+        with P.override("nosuch", corner):
+            pass
+    with pytest.raises(ValueError, match="fn must be callable"):
+        with P.override("max", None):
+            pass
+    assert P.pool(x, "max", window=2).tolist() == own.tolist()

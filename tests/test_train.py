@@ -9,7 +9,6 @@ minutes on a 2-core CPU. Parameters are compared exactly where the program is th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -163,10 +162,8 @@ def test_the_public_step_is_what_train_runs(tmp_path):
 
 _FOUR_DEVICES = textwrap.dedent(
     """
-    import sys
     import jax
     import numpy as np
-    sys.path.insert(0, {tests!r})
     from test_train import small_config, leaves
     from invariance.train import train
 
@@ -178,14 +175,10 @@ _FOUR_DEVICES = textwrap.dedent(
 )
 
 
-def test_four_devices_match_one(uninterrupted, tmp_path):
+def test_four_devices_match_one(uninterrupted, tmp_path, child_env):
     """Per-device batch 8 on 4 devices == per-device batch 32 on 1 (the same global batch)."""
-    script = _FOUR_DEVICES.format(
-        tests=str(REPO / "tests"), workdir=str(tmp_path / "four"), out=str(tmp_path / "four.npz")
-    )
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
-    )
+    script = _FOUR_DEVICES.format(workdir=str(tmp_path / "four"), out=str(tmp_path / "four.npz"))
+    env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO
     )
@@ -246,8 +239,7 @@ def test_resume_after_a_preemption_equals_uninterrupted(uninterrupted, tmp_path)
 
 _KILLED = textwrap.dedent(
     """
-    import os, signal, sys
-    sys.path.insert(0, {tests!r})
+    import os, signal
     from test_train import small_config
     from invariance.train import _checkpoint, train
 
@@ -260,9 +252,9 @@ _KILLED = textwrap.dedent(
 )
 
 
-def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path):
-    script = _KILLED.format(tests=str(REPO / "tests"), workdir=str(tmp_path))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path, child_env):
+    script = _KILLED.format(workdir=str(tmp_path))
+    env = child_env(JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, cwd=REPO)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert read_metrics(tmp_path) == []  # killed before the row was appended

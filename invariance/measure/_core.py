@@ -1,8 +1,10 @@
-"""Shared machinery of :mod:`invariance.measure`: checks, chunked streaming, rows, transforms.
+"""Shared machinery of :mod:`invariance.measure`: checks, chunked streaming, rows, a protocol call.
 
 Private: the protocols in the sibling modules are the public face. Everything here is either a
-plain-Python check (one-line ``ValueError``) or a pure ``jnp`` helper used inside the jitted
-per-chunk computations.
+plain-Python check (one-line ``ValueError``), a pure ``jnp`` helper used inside the jitted
+per-chunk computations, or the bookkeeping every protocol call shares: :func:`begin` checks the
+images, labels and key and returns a :class:`Call`, whose ``stream`` runs the jitted step over
+the chunks and whose ``row`` fills the common row keys.
 """
 
 from __future__ import annotations
@@ -302,6 +304,12 @@ def shift_range(low: Any, high: Any) -> str:
     return f"{num(low)}..{num(high)}"
 
 
+def shift_columns(low: int, high: int) -> dict[str, Any]:
+    """The rows' ``max_shift`` (the largest ``|shift|``) and ``shift_range`` (``"low..high"``)
+    of integer shifts ``low..high``."""
+    return {"max_shift": max(abs(low), abs(high)), "shift_range": shift_range(low, high)}
+
+
 def mean(values: Any) -> float:
     """Mean over every element in float64, as a Python float."""
     return float(np.mean(np.asarray(values, np.float64)))
@@ -384,6 +392,98 @@ def stream(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One protocol call's checked inputs (from :func:`begin`): what every protocol streams
+    and what every one of its rows records.
+
+    Attributes:
+      protocol: the protocol's name (progress bar, error messages).
+      row_name: the rows' ``protocol`` column (the protocol's name unless it says otherwise).
+      images: the checked ``(N, H, W, C)`` images, unconverted.
+      labels: ``(N,)`` integer labels, or None (not given, or not used by the protocol).
+      key: the PRNG key of a protocol that needs one, else None (the step gets None).
+      seed: ``key``'s data for the rows' ``seed`` column, or None.
+      progress: whether :meth:`stream` shows a tqdm bar (checked by the protocol's check).
+    """
+
+    protocol: str
+    row_name: str
+    images: Any
+    labels: np.ndarray | None
+    key: Any
+    seed: list[int] | None
+    progress: Any
+
+    @property
+    def n(self) -> int:
+        """How many images: N."""
+        return int(self.images.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One image's shape ``(H, W, C)``, what the option checks see."""
+        return tuple(self.images.shape[1:])
+
+    def stream(
+        self,
+        step: Callable,
+        variables: Any,
+        *extras: np.ndarray,
+        chunk_size: int,
+        desc: str | None = None,
+    ) -> Any:
+        """:func:`stream` of ``step`` over the images (and ``extras``) with this call's key
+        and progress bar; ``desc`` (default the protocol's name) names it in errors."""
+        return stream(
+            step,
+            variables,
+            self.key,
+            self.images,
+            *extras,
+            chunk_size=chunk_size,
+            progress=self.progress,
+            desc=desc or self.protocol,
+        )
+
+    def row(self, **fields: Any) -> dict[str, Any]:
+        """:func:`make_row` with the call's ``protocol`` column, ``n_images`` and ``seed``."""
+        return make_row(self.row_name, n_images=self.n, seed=self.seed, **fields)
+
+
+def begin(
+    protocol: str,
+    images: Any,
+    *,
+    labels: Any = None,
+    key: Any = None,
+    needs: tuple[str, ...] = (),
+    progress: Any = False,
+    row_name: str | None = None,
+) -> Call:
+    """The first step of every protocol: checks its images, then what it ``needs`` (labels,
+    then key: a one-line ValueError when missing), then optional labels when given.
+
+    Args:
+      protocol: the protocol's name, for messages.
+      images: ``(N, H, W, C)`` uint8 or float (:func:`check_images`).
+      labels: ``(N,)`` integer labels or None; pass them only if the protocol uses them.
+      key: the PRNG key; kept (and logged as ``seed``) only if ``"key"`` is in ``needs``.
+      needs: a subset of ``("labels", "key")``, as the protocol is registered.
+      progress: the protocol's ``progress`` option.
+      row_name: the rows' ``protocol`` column when it is not the protocol's name.
+    """
+    images = check_images(images)
+    n = images.shape[0]
+    if "labels" in needs:
+        labels = need_labels(protocol, labels, n)
+    seed = need_key(protocol, key) if "key" in needs else None
+    if labels is not None and "labels" not in needs:
+        labels = check_labels(labels, n)
+    key = key if "key" in needs else None
+    return Call(protocol, row_name or protocol, images, labels, key, seed, progress)
+
+
 def views_apply(fn: Callable, params: Any, views: jax.Array) -> Any:
     """``fn(params, x)`` on views ``(n, V, H, W, C)`` -> outputs with axes ``(n, V, ...)``."""
     return jax.vmap(lambda v: fn(params, v), in_axes=1, out_axes=1)(views)
@@ -423,164 +523,11 @@ def feature_names(features_fn: Callable, params: Any, images: Any) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- transforms
-
-
-_TRANSFORM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "random_mask": {},
-    "line_mask": {
-        "orientation": "vertical",
-        "vary": "period",
-        "period": 4,
-        "width": 1,
-        "offset": 0,
-    },
-    "inverse_mask": {},
-    "occlusion": {"position": "center"},
-    "gaussian_noise": {},
-    "translate": {"direction": "horizontal", "mode": "circular"},
-    "rotate": {},
-}
-_USES_FILL = ("random_mask", "line_mask", "occlusion", "rotate")
-_LINE_VARY = ("period", "width")
-_POSITIONS = ("center", "random")
-
-
-@dataclasses.dataclass(frozen=True)
-class Transform:
-    """A resolved transform family: ``fn(key, image (H, W, C), severity) -> image``."""
-
-    name: str
-    fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-    columns: dict[str, Any]  # fill and options, recorded in every row
-    mode: str | None
-    integer: bool  # severities are whole numbers
-
-    def check_severities(
-        self, severities: Any, shape: tuple[int, ...]
-    ) -> tuple[np.ndarray, list[int | float]]:
-        """Range-checks 1-D severities for this family on images of ``shape`` ``(H, W, C)``.
-
-        Ratios must lie in [0, 1]; shifts must stay below the image side they move along, an
-        occluding square's side at most ``min(H, W)``; every severity must be finite.
-
-        Returns:
-          ``(values, for_rows)``: int32 or float32 values for the device, and the same
-          severities as Python numbers, as given (no float32 rounding), for the rows.
-        """
-        try:
-            kind = np.asarray(severities).dtype.kind
-        except (TypeError, ValueError):
-            kind = "O"
-        if kind not in "iuf":
-            raise ValueError(
-                f"severities must be a non-empty 1-D list of numbers, got {brief(severities)}"
-            )
-        s = np.asarray(severities, dtype=np.float64)
-        if s.ndim == 0:
-            s = s[None]
-        if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)):
-            raise ValueError(
-                f"severities must be a non-empty 1-D list of numbers, got {brief(severities)}"
-            )
-        name, vary = self.name, self.columns.get("vary")
-        low = {"random_mask": 0.0, "inverse_mask": 0.0, "gaussian_noise": 0.0, "occlusion": 0.0}
-        low["line_mask"] = 1.0 if vary == "period" else 0.0
-        if name in low and np.any(s < low[name]):
-            raise ValueError(f"{name} severities must be >= {low[name]:g}, got {s.tolist()}")
-        if name in ("random_mask", "inverse_mask") and np.any(s > 1):
-            raise ValueError(f"{name} severities are ratios in [0, 1], got {s.tolist()}")
-        if name == "translate":
-            shift_fits("translate severities", np.max(np.abs(s)), shape, self.columns["direction"])
-        if name == "occlusion" and np.any(s > min(shape[:2])):
-            raise ValueError(
-                f"occlusion severities (square sides) must be at most min(H, W) = "
-                f"{min(shape[:2])}, got {s.tolist()}"
-            )
-        if self.integer:
-            if np.any(s != np.round(s)):
-                raise ValueError(f"{name} severities must be whole numbers, got {s.tolist()}")
-            return s.astype(np.int32), [int(v) for v in s]
-        return s.astype(np.float32), [float(v) for v in s]
-
-
-def resolve_transform(name: str, fill: Any, options: Mapping[str, Any]) -> Transform:
-    """Checks a transform family name, its fill and options; returns a :class:`Transform`.
-
-    Options (defaults in brackets): line_mask: ``orientation`` ["vertical"] (or "horizontal",
-    "grid"), ``vary`` ["period"] (which of period / width the severity sets), ``period`` [4],
-    ``width`` [1], ``offset`` [0]. occlusion: ``position`` ["center"] or "random". translate:
-    ``direction`` ["horizontal"] (or "vertical", "diagonal"), ``mode`` ["circular"].
-    """
-    choice("transform", name, TRANSFORMS)
-    defaults = _TRANSFORM_DEFAULTS[name]
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for transform {name!r}: valid are {sorted(defaults)}"
-        )
-    opts = {**defaults, **options}
-    if name in _USES_FILL:
-        fill = check_fill(fill)
-    elif name == "inverse_mask":
-        fill = "max"
-    else:
-        fill = None
-    mode = None
-    integer = name in ("occlusion", "translate")
-    if name == "line_mask":
-        choice("orientation", opts["orientation"], T.ORIENTATIONS)
-        choice("vary", opts["vary"], _LINE_VARY)
-        int_at_least("period", opts["period"], 1)
-        int_at_least("width", opts["width"], 0)
-        as_int("offset", opts["offset"])
-        integer = True
-    elif name == "occlusion":
-        choice("position", opts["position"], _POSITIONS)
-    elif name == "translate":
-        choice("direction", opts["direction"], DIRECTIONS)
-        mode = choice("mode", opts["mode"], MODES)
-        opts = {"direction": opts["direction"]}
-    fn = _transform_fn(name, fill, opts, mode)
-    columns = {"fill": fill, **opts}
-    if name == "line_mask":
-        columns[opts["vary"]] = None  # the severity column holds it
-    return Transform(name, fn, columns, mode, integer)
+# The transform families themselves (checked options, rows' columns, the functions) are in
+# invariance/measure/_families.py.
 
 
 def direction_offsets(direction: str, d: Any) -> tuple[Any, Any]:
     """``(dy, dx)`` for a shift of ``d`` pixels along ``direction``."""
     zero = jnp.zeros_like(d)
     return {"horizontal": (zero, d), "vertical": (d, zero), "diagonal": (d, d)}[direction]
-
-
-def _transform_fn(name: str, fill: Any, opts: dict[str, Any], mode: str | None) -> Callable:
-    def apply(key: jax.Array, image: jax.Array, s: jax.Array) -> jax.Array:
-        if name == "random_mask" or name == "inverse_mask":
-            return T.random_mask(key, image, ratio=s, fill=fill)
-        if name == "line_mask":
-            period, width = (s, opts["width"]) if opts["vary"] == "period" else (opts["period"], s)
-            return T.line_mask(
-                image,
-                orientation=opts["orientation"],
-                period=period,
-                width=width,
-                offset=opts["offset"],
-                fill=fill,
-            )
-        if name == "occlusion":
-            h, w = image.shape[-3], image.shape[-2]
-            if opts["position"] == "center":
-                top, left = (h - s) // 2, (w - s) // 2
-            else:  # uniform over the positions that keep the square inside the image
-                u = jax.random.uniform(key, (2,))
-                top = jnp.floor(u[0] * (h - s + 1)).astype(jnp.int32)
-                left = jnp.floor(u[1] * (w - s + 1)).astype(jnp.int32)
-            return T.occlude(image, top=top, left=left, height=s, width=s, fill=fill)
-        if name == "gaussian_noise":
-            return T.gaussian_noise(key, image, sigma=s)
-        if name == "translate":
-            dy, dx = direction_offsets(opts["direction"], s)
-            return T.translate(image, dy=dy, dx=dx, mode=mode)
-        return T.rotate(image, degrees=s, fill=fill)
-
-    return apply

@@ -16,6 +16,7 @@ import numpy as np
 from invariance import metrics
 from invariance import transforms as T
 from invariance.measure import _core as C
+from invariance.measure import _families as F
 from invariance.measure._registry import register
 
 __all__ = ["occlusion_maps", "occlusion_sensitivity_map", "severity_curve"]
@@ -31,8 +32,8 @@ def _check_severity_curve(
     fill: Any,
     progress: Any,
     **transform_options: Any,
-) -> tuple[C.Transform, np.ndarray, list[int | float]]:
-    tr = C.resolve_transform(transform, fill, transform_options)
+) -> tuple[F.Transform, np.ndarray, list[int | float]]:
+    tr = F.resolve_transform(transform, fill, transform_options)
     sev_np, sev_rows = tr.check_severities(severities, shape)
     C.flag("progress", progress)
     return tr, sev_np, sev_rows
@@ -101,17 +102,23 @@ def severity_curve(
       One row per severity: common keys plus ``accuracy``, ``clean_accuracy``,
       ``consistency``, ``relative_l2``, ``fill`` and the family's options.
     """
-    images = C.check_images(images)
-    n = images.shape[0]
-    labels = C.need_labels("severity_curve", labels, n)
-    seed = C.need_key("severity_curve", key)
+    call = C.begin(
+        "severity_curve", images, labels=labels, key=key, needs=("labels", "key"), progress=progress
+    )
+    return _severity_curve(
+        call, apply_fn, variables, chunk_size, transform, severities, fill, transform_options
+    )
+
+
+def _severity_curve(call, apply_fn, variables, chunk_size, transform, severities, fill, options):
+    """:func:`severity_curve` after :func:`C.begin`: checks the options, streams, rows."""
     tr, sev_np, sev_rows = _check_severity_curve(
-        images.shape[1:],
+        call.shape,
         transform=transform,
         severities=severities,
         fill=fill,
-        progress=progress,
-        **transform_options,
+        progress=call.progress,
+        **options,
     )
     chunk_size = C.chunk_images(chunk_size, len(sev_np))
     sev = jnp.asarray(sev_np)
@@ -131,25 +138,15 @@ def severity_curve(
             "rel": jax.vmap(metrics.relative_l2, in_axes=(None, 1), out_axes=1)(clean, logits),
         }
 
-    out = C.stream(
-        step,
-        variables,
-        key,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc=f"severity_curve({transform})",
-    )
+    out = call.stream(step, variables, chunk_size=chunk_size, desc=f"severity_curve({transform})")
+    labels = call.labels
     clean_accuracy = C.mean(out["clean"] == labels)
     return [
-        C.make_row(
-            "severity_curve",
-            n_images=n,
+        call.row(
             transform=transform,
             severity=s,
             mode=tr.mode,
             pairs="original_vs_transformed",
-            seed=seed,
             accuracy=C.mean(out["pred"][:, j] == labels),
             clean_accuracy=clean_accuracy,
             consistency=C.mean(out["agree"][:, j]),
@@ -268,21 +265,69 @@ def occlusion_maps(
       whose top class differs from the clean one), ``size``, ``stride``, ``fill``,
       ``n_positions``.
     """
-    images = C.check_images(images)
-    n, h, w = images.shape[:3]
-    labels = C.need_labels("occlusion_sensitivity_map", labels, n)
+    call = C.begin(
+        "occlusion_sensitivity_map",
+        images,
+        labels=labels,
+        needs=("labels",),
+        progress=progress,
+        row_name="occlusion_sensitivity",
+    )
     size, stride, fill = _check_occlusion(
-        images.shape[1:],
+        call.shape,
         size=size,
         stride=stride,
         fill=fill,
         transform_batch=transform_batch,
         progress=progress,
     )
+    return _occlusion_maps(
+        call, apply_fn, variables, chunk_size, size, stride, fill, transform_batch
+    )
+
+
+def _occlusion_maps(call, apply_fn, variables, chunk_size, size, stride, fill, transform_batch):
+    """:func:`occlusion_maps` on checked options: the corners, the stream, the maps and row."""
+    h, w = call.shape[:2]
     tops, lefts = np.arange(0, h - size + 1, stride), np.arange(0, w - size + 1, stride)
     corners = np.stack(np.meshgrid(tops, lefts, indexing="ij"), -1).reshape(-1, 2)
     chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, len(corners))
-    corners_j = jnp.asarray(corners, jnp.int32)
+    step = _occlusion_step(apply_fn, jnp.asarray(corners, jnp.int32), size, fill, transform_batch)
+    out = call.stream(step, variables, call.labels.astype(np.int32), chunk_size=chunk_size)
+    drop = out["p0"][:, None].astype(np.float64) - out["p"]
+    row = call.row(
+        transform="occlusion",
+        severity=size,
+        pairs="original_vs_occluded",
+        clean_accuracy=C.mean(out["top0"] == call.labels),
+        accuracy=C.mean(out["top"] == call.labels[:, None]),
+        mean_p_true_clean=C.mean(out["p0"]),
+        mean_p_true=C.mean(out["p"]),
+        mean_drop=C.mean(drop),
+        max_drop=C.mean(np.max(drop, axis=1)),
+        top_class_change=C.mean(out["top"] != out["top0"][:, None]),
+        size=size,
+        stride=stride,
+        fill=fill,
+        n_positions=len(corners),
+    )
+    shape = (call.n, len(tops), len(lefts))
+    return {
+        "p_true": out["p"].reshape(shape),
+        "top_class": out["top"].reshape(shape),
+        "clean_p_true": out["p0"],
+        "tops": tops,
+        "lefts": lefts,
+        "rows": [row],
+    }
+
+
+def _occlusion_step(
+    apply_fn: ApplyFn, corners: jax.Array, size: int, fill: float | str, transform_batch: Any
+) -> Callable:
+    """The jitted step of :func:`occlusion_maps`: for the square at each of ``corners``
+    ``(P, 2)`` (top, left) and for the clean image, p(true class) and the top class ``(n, P)``
+    and ``(n,)``, and NaN flags."""
 
     def p_and_top(logits, y):
         p = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), y[:, None], axis=-1)[:, 0]
@@ -301,45 +346,8 @@ def occlusion_maps(
             )(x, f)
             return p_and_top(apply_fn(params, occ), y)
 
-        p, top, nan = C.map_over(at, corners_j, transform_batch)  # (P, n) each
+        p, top, nan = C.map_over(at, corners, transform_batch)  # (P, n) each
         p0, top0, nan0 = p_and_top(apply_fn(params, x), y)
         return {"p": p.T, "top": top.T, "p0": p0, "top0": top0, "nan": jnp.any(nan, 0) | nan0}
 
-    out = C.stream(
-        step,
-        variables,
-        None,
-        images,
-        labels.astype(np.int32),
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="occlusion_sensitivity_map",
-    )
-    drop = out["p0"][:, None].astype(np.float64) - out["p"]
-    row = C.make_row(
-        "occlusion_sensitivity",
-        n_images=n,
-        transform="occlusion",
-        severity=size,
-        pairs="original_vs_occluded",
-        clean_accuracy=C.mean(out["top0"] == labels),
-        accuracy=C.mean(out["top"] == labels[:, None]),
-        mean_p_true_clean=C.mean(out["p0"]),
-        mean_p_true=C.mean(out["p"]),
-        mean_drop=C.mean(drop),
-        max_drop=C.mean(np.max(drop, axis=1)),
-        top_class_change=C.mean(out["top"] != out["top0"][:, None]),
-        size=size,
-        stride=stride,
-        fill=fill,
-        n_positions=len(corners),
-    )
-    shape = (n, len(tops), len(lefts))
-    return {
-        "p_true": out["p"].reshape(shape),
-        "top_class": out["top"].reshape(shape),
-        "clean_p_true": out["p0"],
-        "tops": tops,
-        "lefts": lefts,
-        "rows": [row],
-    }
+    return step

@@ -15,6 +15,7 @@ import numpy as np
 
 from invariance import pooling
 from invariance.measure import _core as C
+from invariance.measure import _families as F
 from invariance.measure._registry import register
 from invariance.measure.representations import _check_one_severity, _distances
 
@@ -33,7 +34,7 @@ _POOL_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def _check_pooling_stability(
     shape: tuple[int, ...], *, kinds: Any, pool_options: Any, **options: Any
-) -> tuple[C.Transform, np.ndarray, int | float, dict[str, dict[str, Any]]]:
+) -> tuple[F.Transform, np.ndarray, int | float, dict[str, dict[str, Any]]]:
     tr, sev_np, sev_row = _check_one_severity(shape, **options)
     if isinstance(kinds, str) or not kinds:
         raise ValueError(f"kinds must be a non-empty list of names from {list(pooling.POOLS)}")
@@ -121,11 +122,9 @@ def pooling_stability(
         raise ValueError(
             "pooling_stability measures pooling alone: pass apply_fn=None and variables=None"
         )
-    images = C.check_images(images)
-    n = images.shape[0]
-    seed = C.need_key("pooling_stability", key)
-    tr, sev_np, sev_row, options = _check_pooling_stability(
-        images.shape[1:],
+    call = C.begin("pooling_stability", images, key=key, needs=("key",), progress=progress)
+    checked = _check_pooling_stability(
+        call.shape,
         kinds=kinds,
         pool_options=pool_options,
         transform=transform,
@@ -134,6 +133,11 @@ def pooling_stability(
         progress=progress,
         **transform_options,
     )
+    return _pooling_stability(call, chunk_size, transform, kinds, *checked)
+
+
+def _pooling_stability(call, chunk_size, transform, kinds, tr, sev_np, sev_row, options):
+    """:func:`pooling_stability` on checked options: the jitted step, streamed; the rows."""
     chunk_size = C.chunk_images(chunk_size, 1)
     sev = jnp.asarray(sev_np[0])
 
@@ -154,25 +158,14 @@ def pooling_stability(
         out["nan"] = C.nan_rows(pooled)
         return out
 
-    out = C.stream(
-        step,
-        None,
-        key,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="pooling_stability",
-    )
+    out = call.stream(step, None, chunk_size=chunk_size)
     in_dist, in_cos = (C.mean(v) for v in out["identity"])
     return [
-        C.make_row(
-            "pooling_stability",
-            n_images=n,
+        call.row(
             transform=transform,
             severity=sev_row,
             mode=tr.mode,
             pairs="original_vs_transformed",
-            seed=seed,
             kind=kind,
             pool_options=json.dumps(options.get(kind, {}), sort_keys=True, default=str),
             relative_l2=C.mean(out[kind][0]),

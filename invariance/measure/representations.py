@@ -17,6 +17,7 @@ import numpy as np
 from invariance import metrics
 from invariance import transforms as T
 from invariance.measure import _core as C
+from invariance.measure import _families as F
 from invariance.measure._registry import register
 
 __all__ = [
@@ -102,10 +103,11 @@ def translation_sensitivity_map(
       ``cosine``), each with ``layer`` (``"logits"`` for ``layer=None``).
       :func:`translation_maps` turns them into the ``(2s+1, 2s+1)`` maps and the profiles.
     """
-    images = C.check_images(images)
-    n = images.shape[0]
+    call = C.begin(
+        "translation_sensitivity_map", images, progress=progress, row_name="translation_sensitivity"
+    )
     s = _check_tsm(
-        images.shape[1:],
+        call.shape,
         max_shift=max_shift,
         layer=layer,
         mode=mode,
@@ -113,7 +115,7 @@ def translation_sensitivity_map(
         progress=progress,
     )
     chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, (2 * s + 1) ** 2)
-    rep = C.check_representation(apply_fn, variables, images, layer)
+    rep = C.check_representation(apply_fn, variables, call.images, layer)
     shifts = np.arange(-s, s + 1)
     grid = np.stack(np.meshgrid(shifts, shifts, indexing="ij"), -1).reshape(-1, 2)
     grid_j = jnp.asarray(grid, jnp.int32)
@@ -130,15 +132,13 @@ def translation_sensitivity_map(
         dist, cos, nan = C.map_over(under, grid_j, transform_batch)  # (G, n)
         return {"dist": dist.T, "cos": cos.T, "nan": jnp.any(nan, 0) | C.nan_rows(r0)}
 
-    out = C.stream(
-        step,
-        variables,
-        None,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="translation_sensitivity_map",
-    )
+    out = call.stream(step, variables, chunk_size=chunk_size)
+    return _tsm_rows(call, out, grid, s, mode, "logits" if layer is None else layer)
+
+
+def _tsm_rows(call, out, grid, s, mode, layer) -> list[dict[str, Any]]:
+    """:func:`translation_sensitivity_map`'s rows from the per-image distances ``(N, G)``: the
+    maps (means over images in float64), one row per cell, then the radial profile's rings."""
     side = 2 * s + 1
     dist_map = np.mean(out["dist"].astype(np.float64), axis=0).reshape(side, side)
     cos_map = np.mean(out["cos"].astype(np.float64), axis=0).reshape(side, side)
@@ -148,14 +148,11 @@ def translation_sensitivity_map(
         transform="translate",
         mode=mode,
         pairs="original_vs_shifted",
-        max_shift=s,
-        shift_range=C.shift_range(-s, s),
-        layer="logits" if layer is None else layer,
+        **C.shift_columns(-s, s),
+        layer=layer,
     )
     rows = [
-        C.make_row(
-            "translation_sensitivity",
-            n_images=n,
+        call.row(
             aggregate="cell",
             dy=int(dy),
             dx=int(dx),
@@ -167,9 +164,7 @@ def translation_sensitivity_map(
         for dy, dx in grid
     ]
     rows += [
-        C.make_row(
-            "translation_sensitivity",
-            n_images=n,
+        call.row(
             aggregate="ring",
             ring=int(r),
             relative_l2=profile[0, j],
@@ -241,9 +236,9 @@ def _check_one_severity(
     fill: Any,
     progress: Any,
     **transform_options: Any,
-) -> tuple[C.Transform, np.ndarray, int | float]:
+) -> tuple[F.Transform, np.ndarray, int | float]:
     """The transform of a one-severity protocol, its severity (device value, row value)."""
-    tr = C.resolve_transform(transform, fill, transform_options)
+    tr = F.resolve_transform(transform, fill, transform_options)
     if np.ndim(severity) != 0:
         raise ValueError(f"severity must be a single number, got {C.brief(severity)}")
     sev_np, (sev_row,) = tr.check_severities(severity, shape)
@@ -253,7 +248,7 @@ def _check_one_severity(
 
 def _check_layer_stability(
     shape: tuple[int, ...], *, layers: Any, **options: Any
-) -> tuple[C.Transform, np.ndarray, int | float]:
+) -> tuple[F.Transform, np.ndarray, int | float]:
     if layers is not None and (
         isinstance(layers, str) or not layers or not all(isinstance(la, str) for la in layers)
     ):
@@ -306,11 +301,9 @@ def layer_stability(
       One row per layer: common keys plus ``layer``, ``relative_l2``, ``cosine``,
       ``input_relative_l2``, ``input_cosine``, ``fill`` and the family's options.
     """
-    images = C.check_images(images)
-    n = images.shape[0]
-    seed = C.need_key("layer_stability", key)
+    call = C.begin("layer_stability", images, key=key, needs=("key",), progress=progress)
     tr, sev_np, sev_row = _check_layer_stability(
-        images.shape[1:],
+        call.shape,
         layers=layers,
         transform=transform,
         severity=severity,
@@ -319,9 +312,30 @@ def layer_stability(
         **transform_options,
     )
     chunk_size = C.chunk_images(chunk_size, 1)
-    features_fn = apply_fn
-    names = _check_layers(C.feature_names(features_fn, variables, images), layers)
-    sev = jnp.asarray(sev_np[0])
+    names = _check_layers(C.feature_names(apply_fn, variables, call.images), layers)
+    out = call.stream(_layer_step(apply_fn, tr, sev_np[0], names), variables, chunk_size=chunk_size)
+    in_dist, in_cos = out["<input>"]
+    return [
+        call.row(
+            transform=transform,
+            severity=sev_row,
+            mode=tr.mode,
+            pairs="original_vs_transformed",
+            layer=name,
+            relative_l2=C.mean(out[name][0]),
+            cosine=C.mean(out[name][1]),
+            input_relative_l2=C.mean(in_dist),
+            input_cosine=C.mean(in_cos),
+            **tr.columns,
+        )
+        for name in names
+    ]
+
+
+def _layer_step(features_fn: FeaturesFn, tr: F.Transform, sev: Any, names: list[str]) -> Callable:
+    """The jitted step of :func:`layer_stability`: per image, the distances between the clean
+    and transformed features of each layer of ``names`` and of the input itself."""
+    sev = jnp.asarray(sev)
 
     @jax.jit
     def step(params, key, x, index):
@@ -333,34 +347,7 @@ def layer_stability(
         out["nan"] = C.nan_rows([f0[name] for name in names], [ft[name] for name in names])
         return out
 
-    out = C.stream(
-        step,
-        variables,
-        key,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="layer_stability",
-    )
-    in_dist, in_cos = out["<input>"]
-    return [
-        C.make_row(
-            "layer_stability",
-            n_images=n,
-            transform=transform,
-            severity=sev_row,
-            mode=tr.mode,
-            pairs="original_vs_transformed",
-            seed=seed,
-            layer=name,
-            relative_l2=C.mean(out[name][0]),
-            cosine=C.mean(out[name][1]),
-            input_relative_l2=C.mean(in_dist),
-            input_cosine=C.mean(in_cos),
-            **tr.columns,
-        )
-        for name in names
-    ]
+    return step
 
 
 def _check_equivariance(
@@ -428,51 +415,31 @@ def equivariance_error(
     Raises:
       ValueError: a shift not divisible by ``total_stride`` (and the usual bad options).
     """
-    images = C.check_images(images)
-    n = images.shape[0]
+    call = C.begin("equivariance_error", images, progress=progress)
     stride, pairs = _check_equivariance(
-        images.shape[1:],
+        call.shape,
         layer=layer,
         total_stride=total_stride,
         shifts=shifts,
         mode=mode,
         progress=progress,
     )
+    return _equivariance_error(call, apply_fn, variables, chunk_size, layer, stride, pairs, mode)
+
+
+def _equivariance_error(call, apply_fn, variables, chunk_size, layer, stride, pairs, mode):
+    """:func:`equivariance_error` on checked options: the layer's rank, the stream, the rows."""
     chunk_size = C.chunk_images(chunk_size, len(pairs))
-    rep = C.check_representation(apply_fn, variables, images, layer)
-    probe = jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)
+    rep = C.check_representation(apply_fn, variables, call.images, layer)
+    probe = jax.ShapeDtypeStruct((1, *call.shape), jnp.float32)
     if len(jax.eval_shape(rep, variables, probe).shape) != 4:
         raise ValueError(f"layer {C.brief(layer)} must be a feature map (n, h, w, c)")
     d_in = jnp.asarray(pairs, jnp.int32)
-    d_feat = d_in // stride
-
-    @jax.jit
-    def step(params, key, x, index):
-        x = C.to_float(x)
-        f0 = rep(params, x)
-
-        def under(d, df):
-            expected = T.translate(f0, dy=df[0], dx=df[1], mode=mode)
-            actual = rep(params, T.translate(x, dy=d[0], dx=d[1], mode=mode))
-            return *_distances(expected, actual), C.nan_rows(actual)
-
-        dist, cos, nan = jax.vmap(under)(d_in, d_feat)  # (S, n)
-        return {"dist": dist.T, "cos": cos.T, "nan": jnp.any(nan, 0) | C.nan_rows(f0)}
-
-    out = C.stream(
-        step,
-        variables,
-        None,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="equivariance_error",
-    )
+    step = _equivariance_step(rep, d_in, d_in // stride, mode)
+    out = call.stream(step, variables, chunk_size=chunk_size)
     s = max(max(abs(a), abs(b)) for a, b in pairs)
     return [
-        C.make_row(
-            "equivariance_error",
-            n_images=n,
+        call.row(
             transform="translate",
             severity=None,
             mode=mode,
@@ -489,3 +456,24 @@ def equivariance_error(
         )
         for j, (dy, dx) in enumerate(pairs)
     ]
+
+
+def _equivariance_step(rep: Callable, d_in: jax.Array, d_feat: jax.Array, mode: str) -> Callable:
+    """The jitted step of :func:`equivariance_error`: for each input shift ``d_in`` ``(S, 2)``,
+    the distance between the features shifted by ``d_feat`` and the features of the shifted
+    input, ``(n, S)``."""
+
+    @jax.jit
+    def step(params, key, x, index):
+        x = C.to_float(x)
+        f0 = rep(params, x)
+
+        def under(d, df):
+            expected = T.translate(f0, dy=df[0], dx=df[1], mode=mode)
+            actual = rep(params, T.translate(x, dy=d[0], dx=d[1], mode=mode))
+            return *_distances(expected, actual), C.nan_rows(actual)
+
+        dist, cos, nan = jax.vmap(under)(d_in, d_feat)  # (S, n)
+        return {"dist": dist.T, "cos": cos.T, "nan": jnp.any(nan, 0) | C.nan_rows(f0)}
+
+    return step

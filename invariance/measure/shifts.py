@@ -93,20 +93,24 @@ def shift_consistency(
     Raises:
       ValueError: bad options, a missing key, NaN or inf images, NaN logits.
     """
-    images = C.check_images(images)
-    n = images.shape[0]
-    seed = C.need_key("shift_consistency", key)
-    labels = None if labels is None else C.check_labels(labels, n)
+    call = C.begin(
+        "shift_consistency", images, labels=labels, key=key, needs=("key",), progress=progress
+    )
     s, num_pairs = _check_shift_consistency(
-        images.shape[1:],
+        call.shape,
         max_shift=max_shift,
         mode=mode,
         pairs=pairs,
         num_pairs=num_pairs,
         progress=progress,
     )
+    return _shift_consistency(call, apply_fn, variables, chunk_size, s, mode, pairs, num_pairs)
+
+
+def _shift_consistency(call, apply_fn, variables, chunk_size, s, mode, pairs, num_pairs):
+    """:func:`shift_consistency` on checked options: its jitted step, streamed; its row."""
     chunk_size = C.chunk_images(chunk_size, num_pairs * (2 if pairs == "two_shifted" else 1))
-    need_clean = labels is not None or pairs == "original_vs_shifted"
+    need_clean = call.labels is not None or pairs == "original_vs_shifted"
 
     def shift_one(image, dydx):
         return T.translate(image, dy=dydx[0], dx=dydx[1], mode=mode)
@@ -136,27 +140,15 @@ def shift_consistency(
         out["agree"] = jax.vmap(jax.vmap(metrics.consistency))(a, b)  # (n, P)
         return out
 
-    out = C.stream(
-        step,
-        variables,
-        key,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="shift_consistency",
-    )
-    row = C.make_row(
-        "shift_consistency",
-        n_images=n,
+    out = call.stream(step, variables, chunk_size=chunk_size)
+    row = call.row(
         transform="translate",
         severity=s,
         mode=mode,
         pairs=pairs,
-        max_shift=s,
-        shift_range=C.shift_range(-s, s),
-        seed=seed,
+        **C.shift_columns(-s, s),
         consistency=C.mean(out["agree"]),
-        accuracy=_accuracy(out.get("pred"), labels),
+        accuracy=_accuracy(out.get("pred"), call.labels),
         num_pairs=num_pairs,
     )
     return [row]
@@ -220,10 +212,8 @@ def one_pixel_flip_rate(
       ``2 * max_offset`` rows with ``position = c``, then one overall row (``position=None``)
       averaging over positions; metric columns ``p_top1_change``, ``mac``, ``accuracy``.
     """
-    images = C.check_images(images)
-    n = images.shape[0]
-    labels = None if labels is None else C.check_labels(labels, n)
-    m = _check_one_pixel(images.shape[1:], max_offset=max_offset, mode=mode, progress=progress)
+    call = C.begin("one_pixel_flip_rate", images, labels=labels, progress=progress)
+    m = _check_one_pixel(call.shape, max_offset=max_offset, mode=mode, progress=progress)
     chunk_size = C.chunk_images(chunk_size, 2 * m + 1)
     ds = jnp.arange(-m, m + 1, dtype=jnp.int32)
 
@@ -238,45 +228,21 @@ def one_pixel_flip_rate(
             "mac": jax.vmap(jax.vmap(metrics.mean_abs_change))(a, b),
         }
 
-    out = C.stream(
-        step,
-        variables,
-        None,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="one_pixel_flip_rate",
-    )
+    out = call.stream(step, variables, chunk_size=chunk_size)
     common = dict(
         transform="translate_diagonal",
         severity=1,
         mode=mode,
         pairs="consecutive_diagonal",
-        max_shift=m,
-        shift_range=C.shift_range(-m, m),
-        accuracy=_accuracy(out["pred"], labels),
+        **C.shift_columns(-m, m),
+        accuracy=_accuracy(out["pred"], call.labels),
     )
+    top1, mac = out["top1"], out["mac"]
     rows = [
-        C.make_row(
-            "one_pixel_flip_rate",
-            n_images=n,
-            position=c,
-            p_top1_change=C.mean(out["top1"][:, j]),
-            mac=C.mean(out["mac"][:, j]),
-            **common,
-        )
+        call.row(position=c, p_top1_change=C.mean(top1[:, j]), mac=C.mean(mac[:, j]), **common)
         for j, c in enumerate(range(-m, m))
     ]
-    rows.append(
-        C.make_row(
-            "one_pixel_flip_rate",
-            n_images=n,
-            position=None,
-            p_top1_change=C.mean(out["top1"]),
-            mac=C.mean(out["mac"]),
-            **common,
-        )
-    )
+    rows.append(call.row(position=None, p_top1_change=C.mean(top1), mac=C.mean(mac), **common))
     return rows
 
 
@@ -339,11 +305,9 @@ def cifar_p_flip_rate(
     Returns:
       One row: ``flip_rate``, ``accuracy`` (None without labels), ``n_frames``, ``direction``.
     """
-    images = C.check_images(images)
-    n = images.shape[0]
-    labels = None if labels is None else C.check_labels(labels, n)
+    call = C.begin("cifar_p_flip_rate", images, labels=labels, progress=progress)
     lo, hi = _check_cifar_p(
-        images.shape[1:],
+        call.shape,
         shift_min=shift_min,
         shift_max=shift_max,
         direction=direction,
@@ -352,36 +316,26 @@ def cifar_p_flip_rate(
     )
     ds = jnp.arange(lo, hi + 1, dtype=jnp.int32)
     chunk_size = C.chunk_images(chunk_size, len(ds))
+    with_clean = call.labels is not None
 
     @jax.jit
     def step(params, key, x, index):
         x = C.to_float(x)
         logits = _frame_logits(apply_fn, params, x, ds, direction, mode)
         out = {"flip": jax.vmap(metrics.flip_rate)(logits), "nan": C.nan_rows(logits)}
-        if labels is not None:
+        if with_clean:
             clean = apply_fn(params, x)
             out["pred"], out["nan"] = C.argmax(clean), out["nan"] | C.nan_rows(clean)
         return out
 
-    out = C.stream(
-        step,
-        variables,
-        None,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="cifar_p_flip_rate",
-    )
-    row = C.make_row(
-        "cifar_p_flip_rate",
-        n_images=n,
+    out = call.stream(step, variables, chunk_size=chunk_size)
+    row = call.row(
         transform="translate",
         mode=mode,
         pairs="consecutive_frames",
-        max_shift=max(abs(lo), abs(hi)),
-        shift_range=C.shift_range(lo, hi),
+        **C.shift_columns(lo, hi),
         flip_rate=C.mean(out["flip"]),
-        accuracy=_accuracy(out.get("pred"), labels),
+        accuracy=_accuracy(out.get("pred"), call.labels),
         n_frames=hi - lo + 1,
         direction=direction,
     )
@@ -463,11 +417,16 @@ def spatial_grid_accuracy(
       ``accuracy``), then a summary row (``aggregate="grid"``) with ``accuracy`` (the grid
       average), ``worst_case_accuracy``, ``clean_accuracy`` and ``n_transforms``.
     """
-    images = C.check_images(images)
-    n = images.shape[0]
-    labels = C.need_labels("spatial_grid_accuracy", labels, n)
+    call = C.begin(
+        "spatial_grid_accuracy",
+        images,
+        labels=labels,
+        needs=("labels",),
+        progress=progress,
+        row_name="spatial_grid",
+    )
     s, a, ns, na = _check_spatial_grid(
-        images.shape[1:],
+        call.shape,
         max_shift=max_shift,
         max_angle=max_angle,
         num_shifts=num_shifts,
@@ -478,7 +437,14 @@ def spatial_grid_accuracy(
     shifts, angles = _grid_axis(s, ns), _grid_axis(a, na)
     grid = np.stack(np.meshgrid(shifts, shifts, angles, indexing="ij"), -1).reshape(-1, 3)
     chunk_size, transform_batch = C.grid_chunking(chunk_size, transform_batch, len(grid))
-    grid_j = jnp.asarray(grid, jnp.float32)
+    step = _grid_step(apply_fn, jnp.asarray(grid, jnp.float32), transform_batch)
+    out = call.stream(step, variables, chunk_size=chunk_size)
+    return _grid_rows(call, out, grid, s, a, ns, na)
+
+
+def _grid_step(apply_fn: ApplyFn, grid: jax.Array, transform_batch: int | None) -> Callable:
+    """The jitted step of :func:`spatial_grid_accuracy` over the transforms ``grid`` ``(G, 3)``
+    (``dy, dx, angle``): predictions ``(n, G)``, clean predictions, NaN flags."""
 
     @jax.jit
     def step(params, key, x, index):
@@ -489,7 +455,7 @@ def spatial_grid_accuracy(
             logits = apply_fn(params, moved)
             return C.argmax(logits), C.nan_rows(logits)
 
-        preds, nans = C.map_over(under, grid_j, transform_batch)  # (G, n) each
+        preds, nans = C.map_over(under, grid, transform_batch)  # (G, n) each
         clean = apply_fn(params, x)
         return {
             "pred": jnp.moveaxis(preds, 0, 1),
@@ -497,15 +463,12 @@ def spatial_grid_accuracy(
             "nan": jnp.any(nans, axis=0) | C.nan_rows(clean),
         }
 
-    out = C.stream(
-        step,
-        variables,
-        None,
-        images,
-        chunk_size=chunk_size,
-        progress=progress,
-        desc="spatial_grid_accuracy",
-    )
+    return step
+
+
+def _grid_rows(call, out, grid, s, a, ns, na) -> list[dict[str, Any]]:
+    """:func:`spatial_grid_accuracy`'s rows: one per transform of ``grid``, then the summary."""
+    labels = call.labels
     correct = out["pred"] == labels[:, None]  # (N, G)
     common = dict(
         transform="rotate_translate",
@@ -515,9 +478,7 @@ def spatial_grid_accuracy(
         max_angle=C.num(a),
     )
     rows = [
-        C.make_row(
-            "spatial_grid",
-            n_images=n,
+        call.row(
             aggregate="transform",
             dy=float(t[0]),
             dx=float(t[1]),
@@ -528,9 +489,7 @@ def spatial_grid_accuracy(
         for g, t in enumerate(grid)
     ]
     rows.append(
-        C.make_row(
-            "spatial_grid",
-            n_images=n,
+        call.row(
             aggregate="grid",
             accuracy=C.mean(correct),
             worst_case_accuracy=C.mean(np.all(correct, axis=1)),

@@ -9,6 +9,8 @@ Every function takes ``x`` of shape ``(..., H, W, C)`` with any number of leadin
 refused); ``stride`` defaults to ``window``; ``padding`` is ``"VALID"``, ``"SAME"``, an int
 (the same on every side, as ``torch.nn.MaxPool2d(padding=p)``), or
 ``((top, bottom), (left, right))``. ``x`` must be a float or integer array (not bool).
+:func:`pool` picks a function by name (:data:`POOLS`); ``with override(kind, fn):`` computes
+one kind with another function within a block (the models' ``Pool`` layer too).
 
 Windowed reductions are written as a reduction over the ``window_h * window_w`` strided slices
 of the padded input rather than with ``lax.reduce_window``: XLA fuses the slices into one loop,
@@ -31,9 +33,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -80,6 +83,7 @@ __all__ = [
     "mixed_pool",
     "options_of",
     "output_size",
+    "override",
     "pool",
     "stochastic_pool",
 ]
@@ -172,3 +176,45 @@ def pool(x: jax.Array, kind: str, **options: Any) -> jax.Array:
     """
     _check_kind(kind)
     return _REGISTRY[kind](x, **options)
+
+
+@contextlib.contextmanager
+def override(kind: str, fn: Callable[..., jax.Array]) -> Iterator[None]:
+    """Within the block, the pooling kind ``kind`` is computed by ``fn`` instead of its own
+    function: :func:`pool` and so every model's ``Pool`` layer
+    (:class:`invariance.models.layers.Pool`, which dispatches through :func:`pool`) call
+    ``fn``. The kind's own function is restored on exit, also when the block raises; overrides
+    nest.
+
+    ``fn`` must take the arguments of the function it replaces (``x`` ``(..., H, W, C)``, then
+    the same geometry and options, e.g. ``fn(x, window, *, stride=None, padding="VALID")`` for
+    "max"): :func:`geometry_of` and :func:`options_of` still describe the kind's own function.
+    The swap acts when a model is traced: a ``jax.jit``-ed function traced before the block
+    keeps what it traced, and one traced inside keeps ``fn`` after it (the benchmark
+    ``scripts/bench_train.py`` traces SmallCNN's train step with flax's max pooling this way).
+
+    Args:
+        kind: one of :data:`POOLS`.
+        fn: the replacement, ``fn(x, **options) -> (..., H', W', C)``.
+
+    Raises:
+        ValueError: an unknown kind (the message lists the valid ones), or an ``fn`` that is
+            not callable.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> with override("max", lambda x, window, **_: x[..., ::window, ::window, :]):
+        ...     pool(jnp.arange(4.0).reshape(2, 2, 1), "max", window=2).tolist()
+        [[[0.0]]]
+        >>> pool(jnp.arange(4.0).reshape(2, 2, 1), "max", window=2).tolist()
+        [[[3.0]]]
+    """
+    _check_kind(kind)
+    if not callable(fn):
+        raise ValueError(f"override({kind!r}, fn): fn must be callable, got {type(fn).__name__}")
+    saved = _REGISTRY[kind]
+    _REGISTRY[kind] = fn
+    try:
+        yield
+    finally:
+        _REGISTRY[kind] = saved
