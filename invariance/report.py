@@ -343,23 +343,13 @@ def _bold_note(columns: Sequence[Column]) -> str:
     return note + (f" (lower is better for {', '.join(lower)})." if lower else ".")
 
 
-def _shown(run_dir: str | Path) -> str:
-    """The run folder as a command would name it: relative to the current folder when it lies
-    inside it (so a copy of a checkout stamps the same text), else its name."""
-    path = Path(run_dir).absolute()
-    try:
-        return path.relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        return path.name
-
-
 def _stamp(rows: Sequence[Row], run_dir: str | Path, name: str) -> str:
     def uniq(key: str) -> str:
         vals = sorted({str(r.get(key)) for r in rows if r.get(key) is not None})
         return ", ".join(vals) or "unknown"
 
     return (
-        f"Made by `invariance report {_shown(run_dir)}` from {len(rows)} rows of config "
+        f"Made by `invariance report` from {len(rows)} rows of config "
         f"`configs/{name}.py`; commit {uniq('prov_git_commit')}, jax {uniq('prov_jax')}, device "
         f"{uniq('prov_device')} ({uniq('prov_backend')})."
     )
