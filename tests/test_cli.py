@@ -123,7 +123,7 @@ def test_submitit_local_executor(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# The real CLI in a subprocess.
+# The CLI's user errors (in process) and the real CLI in a subprocess.
 
 
 @pytest.mark.parametrize(
@@ -156,20 +156,49 @@ def test_submitit_local_executor(tmp_path):
         (["report", "does-not-exist"], "no such folder"),
     ],
 )
-def test_user_errors_are_one_line(tmp_path, args, match):
+def test_user_errors_are_one_line(tmp_path, args, match, capsys, monkeypatch):
+    """The CLI in this process (a fresh Python + JAX per case cost ~5 s each); the process's
+    own exit status is the next test's."""
+    from invariance import cli
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("INVARIANCE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "_enable_compilation_cache", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("invariance: error: "), err
+    assert match in lines[0]
+
+
+def test_a_user_error_exits_the_real_process_with_status_2(tmp_path):
+    """``python -m invariance.cli`` in a subprocess: status 2, the error as its last stderr
+    line, no traceback (one case; the others run in process above)."""
     (tmp_path / "empty").mkdir()
     r = _cli(
-        args, tmp_path, timeout=300, env_extra={"INVARIANCE_DATA_DIR": str(tmp_path / "empty")}
+        ["train", "pooling_table", "--profile", "tiny", "--set", "train.dataset=mnist"],
+        tmp_path,
+        timeout=300,
+        env_extra={"INVARIANCE_DATA_DIR": str(tmp_path / "empty")},
     )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("invariance: error: ")
-    assert match in last
+    assert "INVARIANCE_DATA_DIR" in last
 
 
 @pytest.mark.slow
-def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path):
+def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path, capsys, monkeypatch):
+    """The real CLI trains and reports the tiny study; the rerun (in this process: it trains
+    nothing, so a second Python + JAX start would check nothing more) finds every cell
+    finished, and its tables and report's are byte-identical."""
+    from invariance import cli
+
     t0 = time.time()
     r = _cli(["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "out"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -184,8 +213,12 @@ def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path):
         assert f"| {label} |" in table
     assert "commit" in table and "jax" in table
     # A rerun finds every cell finished: nothing trains again.
-    r2 = _cli(["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "out2"], tmp_path)
-    assert r2.returncode == 0 and "0 to run" in r2.stdout
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "_enable_compilation_cache", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "out2"])
+    out2 = capsys.readouterr()
+    assert code == 0 and "0 to run" in out2.out, out2.err[-3000:]
     for ext in ("md", "csv", "tex"):
         a = (out / f"pooling_table.{ext}").read_bytes()
         assert a == (tmp_path / "out2" / f"pooling_table.{ext}").read_bytes()

@@ -257,6 +257,7 @@ def mini_sweep(tmp_path_factory, child_env):
     return tmp, r
 
 
+@pytest.mark.xdist_group("mini_sweep")  # one worker: one sweep for the three
 def test_diverging_cell_is_recorded_and_the_others_go_on(mini_sweep, tmp_path):
     from invariance.report import report
 
@@ -277,26 +278,24 @@ def test_diverging_cell_is_recorded_and_the_others_go_on(mini_sweep, tmp_path):
     assert "| ok |" in md
 
 
+@pytest.mark.xdist_group("mini_sweep")
 def test_remeasure_keeps_identities_and_the_report_shows_the_difference(
-    mini_sweep, tmp_path, child_env
+    mini_sweep, tmp_path, capsys, monkeypatch
 ):
+    """``invariance measure`` in this process (the sweep above ran the real CLI in a
+    subprocess; a second Python + JAX start per command would check nothing more)."""
     from invariance.report import report
 
     tmp, _ = mini_sweep
     wd = tmp / "runs" / "mini-tiny"
     (ok,) = wd.glob("cells/ok-*")
     before = {p: p.read_bytes() for p in ok.rglob("*") if p.is_file() and p.name != ".lock"}
-    env = child_env(JAX_PLATFORMS="cpu", INVARIANCE_CACHE_DIR=str(tmp / "cache"))
-    r = subprocess.run(
-        [sys.executable, "-m", "invariance.cli", "measure", str(ok)]
-        + ["--set", "measure.eval_examples=32"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp,
+    monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp / "cache"))
+    code, _, err = _main(
+        ["measure", str(ok), "--set", "measure.eval_examples=32"], capsys, monkeypatch, tmp
     )
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert code == 0, err[-2000:]
+    assert "Traceback" not in err
     after = {p: p.read_bytes() for p in ok.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before  # the measured cell is untouched
     new = [p for p in wd.glob("cells/ok-*") if p != ok]
@@ -307,24 +306,28 @@ def test_remeasure_keeps_identities_and_the_report_shows_the_difference(
     assert json.loads((new[0] / "config.json").read_text())["measure"]["eval_examples"] == 32
     hist = [json.loads(x) for x in (new[0] / "train" / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 1  # the trained checkpoint was reused, nothing retrained
-    assert "loss" not in r.stderr.lower() or "Traceback" not in r.stderr
     md = report(wd, tmp_path / "out")[0].read_text()
     # one cell each way: both rows name their value
     assert "| ok [measure.eval_examples=64] |" in md and "| ok [measure.eval_examples=32] |" in md
     assert "Protocols differ between rows: measure.eval_examples takes 32, 64;" in md
     # measure refuses to change what was trained
-    r2 = subprocess.run(
-        [sys.executable, "-m", "invariance.cli", "measure", str(ok), "--set", "train.num_epochs=5"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp,
+    code, _, err = _main(
+        ["measure", str(ok), "--set", "train.num_epochs=5"], capsys, monkeypatch, tmp
     )
-    assert r2.returncode == 2 and "measure changes only measure.* keys" in r2.stderr
+    _one_line_error(code, err, "measure changes only measure.* keys")
 
 
-def test_failed_attempt_keeps_the_runs_config_json(tmp_path, capsys, monkeypatch):
+@pytest.mark.xdist_group("mini_sweep")
+def test_failed_attempt_keeps_the_runs_config_json(mini_sweep, tmp_path, capsys, monkeypatch):
+    """A diverging resume with changed hyperparameters leaves the run's config.json as it was.
+    The run is the sweep's healthy cell (the same train config as ``train mini.py``), copied:
+    the first ``train`` finds it finished and trains nothing."""
+    import shutil
+
+    tmp, _ = mini_sweep
+    # The healthy cell, or its re-measured copy (the same trained run, hard-linked).
+    ok = sorted((tmp / "runs" / "mini-tiny").glob("cells/ok-*"))[0]
+    shutil.copytree(ok / "train", tmp_path / "run")
     (tmp_path / "mini.py").write_text(_MINI)
     wd = str(tmp_path / "run")
     code, _, err = _main(

@@ -71,17 +71,26 @@ def _aps_exact(rows):
     assert len(flips) == 2 and all(v == 0.0 for v in flips), flips
 
 
-def test_circular_backbone_aps_cell_is_exactly_invariant(tmp_path):
+@pytest.fixture(scope="module")
+def circular_backbone_dir(tmp_path_factory):
+    """One workdir for the circular_backbone tests: the whole study's sweep finds the aps cell
+    the first test ran finished and trains only the other four (sweeps resume by cell)."""
+    return tmp_path_factory.mktemp("circular_backbone")
+
+
+@pytest.mark.xdist_group("circular_backbone")  # one worker: the second test reuses the cell
+def test_circular_backbone_aps_cell_is_exactly_invariant(circular_backbone_dir):
     """Chaman & Dokmanić 2021: circular convolutions, APS and a GAP head give a network whose
     prediction no circular shift changes (the aps cell of the tiny profile alone)."""
-    _aps_exact(_run("circular_backbone", tmp_path, only=("aps",)))
+    _aps_exact(_run("circular_backbone", circular_backbone_dir, only=("aps",)))
 
 
 @pytest.mark.slow
-def test_circular_backbone_tiny_study(tmp_path, capsys):
+@pytest.mark.xdist_group("circular_backbone")
+def test_circular_backbone_tiny_study(circular_backbone_dir, tmp_path, capsys):
     """The whole tiny study: APS reads exactly 100%, the other kinds are allowed less (their
     values are printed), and the report builds its table."""
-    rows = _run("circular_backbone", tmp_path)
+    rows = _run("circular_backbone", circular_backbone_dir)
     _aps_exact(rows)
     circ = [r for r in rows if r["protocol"] == "shift_consistency" and r["mode"] == "circular"]
     by_label = {}
@@ -90,7 +99,7 @@ def test_circular_backbone_tiny_study(tmp_path, capsys):
     assert set(by_label) == {"max", "avg", "max_blur (3)", "aps", "strided_conv"}
     with capsys.disabled():
         print("\ncircular shift consistency (tiny):", json.dumps(by_label, sort_keys=True))
-    out = report(tmp_path / "circular_backbone", tmp_path / "out")
+    out = report(circular_backbone_dir / "circular_backbone", tmp_path / "out")
     table = (tmp_path / "out" / "circular_backbone.md").read_text()
     assert any(p.name == "circular_backbone.md" for p in out)
     assert "| aps | " in table and "consistency circ." in table
@@ -133,7 +142,11 @@ def test_augmentation_study_tiny(tmp_path):
 
 def test_a_protocols_numbers_do_not_depend_on_the_other_protocols(tmp_path):
     """A protocol's key comes from what its entry says (experiment.protocol_id), not from its
-    place in the list: adding a protocol before it leaves its rows as they were."""
+    place in the list: adding a protocol before it leaves its rows as they were. The second
+    cell measures the first one's trained model (its train folder copied, as ``invariance
+    measure`` does): only the measurement differs, and nothing trains twice."""
+    import shutil
+
     shift = {"fn": "shift_consistency", "max_shift": 2, "mode": "circular", "pairs": "two_shifted"}
     mask = {"fn": "severity_curve", "transform": "random_mask", "severities": [0.3]}
 
@@ -142,6 +155,8 @@ def test_a_protocols_numbers_do_not_depend_on_the_other_protocols(tmp_path):
         cfg = cells[0]
         cfg.train.num_seeds = 1
         cfg.measure.protocols = protocols
+        if (tmp_path / "alone" / "train").is_dir() and sub != "alone":
+            shutil.copytree(tmp_path / "alone" / "train", tmp_path / sub / "train")
         run_cell(cfg.to_dict(), str(tmp_path / sub))
         text = (tmp_path / sub / "rows.jsonl").read_text()
         rows = [json.loads(line) for line in text.splitlines()]
