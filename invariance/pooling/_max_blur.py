@@ -35,11 +35,31 @@ def _source(j: int, n: int, mode: str) -> int | None:
     return j % n if mode == "wrap" else None
 
 
-def _place(a: jax.Array, axis: int, start: int, n: int) -> jax.Array:
-    """``a`` at ``start`` along ``axis`` in zeros of length ``n``."""
-    cfg = [(0, 0, 0)] * a.ndim
-    cfg[axis] = (start, n - start - a.shape[axis], 0)
-    return lax.pad(a, jnp.zeros((), a.dtype), cfg)
+def _correlate(g: jax.Array, w: list[float], t_len: int, axis: int) -> jax.Array:
+    """``out[t] = sum_d w[d] * g[t - d]`` along ``axis`` for ``t < t_len``, ``g`` zero outside
+    its rows: one sum of slices for the rows whose terms are all inside ``g``, and single rows
+    at the edges, concatenated (no padded copy of ``g``)."""
+    n = g.shape[axis]
+
+    def row(t: int) -> jax.Array:
+        terms = [
+            w[d] * lax.slice_in_dim(g, t - d, t - d + 1, axis=axis)
+            for d in range(len(w))
+            if 0 <= t - d < n
+        ]
+        if not terms:
+            return jnp.zeros_like(lax.slice_in_dim(g, 0, 1, axis=axis))
+        return functools.reduce(jnp.add, terms)
+
+    first, last = len(w) - 1, min(n, t_len) - 1  # rows first..last read no zero
+    parts = [row(t) for t in range(min(first, t_len))]
+    if last >= first:
+        terms = [
+            w[d] * lax.slice_in_dim(g, first - d, last - d + 1, axis=axis) for d in range(len(w))
+        ]
+        parts.append(functools.reduce(jnp.add, terms))
+    parts += [row(t) for t in range(max(last + 1, first), t_len)]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
 
 
 def _blur_axis_transpose(
@@ -51,35 +71,35 @@ def _blur_axis_transpose(
     The forward's ``out[r] = sum_i taps[i] * xp[2r + i]`` sends ``taps[i] * g[r]`` to padded row
     ``q = 2r + i``; so ``P[2t + p] = sum_d taps[p + 2d] * g[t - d]`` for each parity ``p``, two
     stride-1 correlations interleaved. Padded row ``q`` is row ``q - lo`` of the input, or, in
-    the padding, the row that the pad mode copies there (none for zeros).
+    the padding, the row that the pad mode copies there (none for zeros): those few edge rows
+    are added to their rows in one concatenation.
     """
     n_out, k = g.shape[axis], len(taps)
-    d_max = (k - 1) // 2  # the largest shift d over both parities
-    t_len = n_out + d_max
-    gz = _place(g, axis, d_max, n_out + 2 * d_max)  # g with d_max zero rows on each side
-
-    def phase(p: int) -> jax.Array:
-        terms = [
-            float(taps[p + 2 * d]) * lax.slice_in_dim(gz, d_max - d, d_max - d + t_len, axis=axis)
-            for d in range(len(taps[p::2]))
-        ]
-        return functools.reduce(jnp.add, terms)
-
-    full = jnp.stack([phase(0), phase(1)], axis=axis + 1)
+    q_end = 2 * (n_out - 1) + k  # padded rows q >= q_end get nothing
+    t_len = -(-q_end // 2)
+    phases = [_correlate(g, [float(a) for a in taps[p::2]], t_len, axis) for p in (0, 1)]
     shape = list(g.shape)
     shape[axis] = 2 * t_len
-    full = full.reshape(shape)  # padded rows q = 0 .. 2 t_len - 1 (rows past 2n_out+k-2 are 0)
-    q_end = 2 * (n_out - 1) + k  # rows q >= q_end get nothing
-    mid_end = min(lo + n, q_end)
-    dx = lax.slice_in_dim(full, lo, mid_end, axis=axis)
-    if mid_end < lo + n:
-        dx = _place(dx, axis, 0, n)
-    edges = [q for q in range(q_end) if not lo <= q < lo + n]
-    for q in edges:
+    full = jnp.stack(phases, axis=axis + 1).reshape(shape)  # padded rows 0 .. 2 t_len - 1
+    assert lo + n <= 2 * t_len
+
+    def at(q: int) -> jax.Array:
+        return lax.slice_in_dim(full, q, q + 1, axis=axis)
+
+    extra: dict[int, list[int]] = {}  # input row -> the padded rows outside lo..lo+n-1 it gets
+    for q in [*range(lo), *range(lo + n, q_end)]:
         j = _source(q - lo, n, mode)
         if j is not None:
-            dx = dx + _place(lax.slice_in_dim(full, q, q + 1, axis=axis), axis, j, n)
-    return dx
+            extra.setdefault(j, []).append(q)
+    parts, start = [], 0  # runs of untouched rows, and the rows with extra terms
+    for j in sorted(extra):
+        if j > start:
+            parts.append(lax.slice_in_dim(full, lo + start, lo + j, axis=axis))
+        parts.append(functools.reduce(jnp.add, [at(q) for q in extra[j]], at(lo + j)))
+        start = j + 1
+    if start < n:
+        parts.append(lax.slice_in_dim(full, lo + start, lo + n, axis=axis))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
 
 
 def _dense_max_2x2(x: jax.Array) -> tuple[jax.Array, jax.Array]:
