@@ -1,7 +1,8 @@
 """Issue 14 §1: the faster pooling formulations against today's (kept here as references).
 
 The formulations that cut the pooling kinds' train step (no pow in lp, selects instead of
-gathers, blur edges without jnp.pad's reflect / wrap gradient, the dense max in two 1-D passes)
+gathers, blur edges without jnp.pad's reflect / wrap gradient, the dense max in two 1-D passes,
+max_blur_pool's hand-written gradient)
 must keep each kind's forward (bit for bit where the sums run in the same order) and gradient.
 """
 

@@ -223,6 +223,11 @@ def max_blur_pool(
     its size and a circular shift of ``x`` commutes with the dense max; otherwise the dense max
     is VALID (Zhang's) and each spatial size shrinks by ``window - 1``.
 
+    The common case (window 2, stride 2, ``filter_size`` > 1) computes the same values with a
+    hand-written gradient (``_max_blur.py``: the blur's transpose in polyphase form, the
+    dense max's through its saved first-maximum index), several times cheaper on XLA:CPU than
+    the autodiff of the composition (``_max_blur_reference``), which serves every other case.
+
     Args:
         x: ``(..., H, W, C)``.
         window: max-pool window, int or (h, w), default 2.
