@@ -1,7 +1,8 @@
 """Issue 14 §1: the faster pooling formulations against today's (kept here as references).
 
 The formulations that cut the pooling kinds' train step (no pow in lp, selects instead of
-gathers, blur edges without jnp.pad's reflect / wrap gradient, the dense max in two 1-D passes)
+gathers, blur edges without jnp.pad's reflect / wrap gradient, the dense max in two 1-D passes,
+max_blur_pool's hand-written gradient)
 must keep each kind's forward (bit for bit where the sums run in the same order) and gradient.
 """
 
@@ -162,3 +163,44 @@ def test_dense_max_pool_in_two_passes_equals_the_2d_formulation(window):
         x,
         exact=True,
     )
+
+
+def _old_max_blur(x, k, mode):
+    """max_blur_pool (window 2, stride 2) as it was before its hand-written gradient: the
+    circular pre-padding, then max_pool (two 1-D passes) and blur_pool with their own
+    gradients (``_max_blur_reference``)."""
+    from invariance.pooling._antialiased import _max_blur_reference, _pad_hw_mode
+
+    if mode == "circular":
+        x = _pad_hw_mode(x, ((0, 1), (0, 1)), "wrap")
+    return _max_blur_reference(x, 2, k, 2, mode)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "constant", "circular"])
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("shape", [(2, 14, 13, 2), (2, 1, 7, 6, 1)])
+def test_max_blur_pool_fast_gradient_equals_the_composition(mode, k, shape):
+    # Ties (small integers after a ReLU) test the gradient's first-maximum rule; odd and even
+    # sizes, rank 3 and two leading dims.
+    x = np.maximum(_rng(66).integers(-2, 4, size=shape), 0).astype(np.float32)
+    if mode == "reflect" and min(shape[-3], shape[-2]) - 1 <= k // 2:
+        pytest.skip("reflect padding needs the dense max's output larger than k // 2")
+    x = jnp.asarray(x)
+    new = jax.jit(functools.partial(P.max_blur_pool, filter_size=k, pad_mode=mode))
+    _same_value_and_grad(new, jax.jit(lambda a: _old_max_blur(a, k, mode)), x, exact=True)
+
+
+def test_max_blur_pool_fast_path_under_vmap_and_jit_and_in_bfloat16():
+    x = jnp.asarray(_rng(68).normal(size=(3, 2, 11, 12, 4)), jnp.float32)
+
+    def loss(f):
+        return lambda a: jnp.sum(jnp.sin(f(a)))
+
+    new = jax.jit(jax.vmap(jax.grad(loss(P.max_blur_pool))))(x)
+    old = jax.vmap(jax.grad(loss(lambda a: _old_max_blur(a, 3, "reflect"))))(x)
+    np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-6)
+    xb = x[0].astype(jnp.bfloat16)
+    got = jax.grad(loss(P.max_blur_pool))(xb)
+    want = jax.grad(loss(lambda a: _old_max_blur(a, 3, "reflect")))(xb)
+    assert got.dtype == want.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2)

@@ -13,6 +13,7 @@ from jax import lax
 
 from invariance._checks import is_concrete as _is_concrete
 from invariance.pooling._geometry import _check_rank, _pair
+from invariance.pooling._max_blur import max_blur_2x2
 from invariance.pooling._windowed import max_pool
 
 PAD_MODES = {"reflect": "reflect", "constant": "constant", "circular": "wrap"}
@@ -222,6 +223,11 @@ def max_blur_pool(
     its size and a circular shift of ``x`` commutes with the dense max; otherwise the dense max
     is VALID (Zhang's) and each spatial size shrinks by ``window - 1``.
 
+    The common case (window 2, stride 2, ``filter_size`` > 1) computes the same values with a
+    hand-written gradient (``_max_blur.py``: the blur's transpose in polyphase form, the
+    dense max's through its saved first-maximum index), several times cheaper on XLA:CPU than
+    the autodiff of the composition (``_max_blur_reference``), which serves every other case.
+
     Args:
         x: ``(..., H, W, C)``.
         window: max-pool window, int or (h, w), default 2.
@@ -234,11 +240,32 @@ def max_blur_pool(
         ``(..., ceil(H' / s_h), ceil(W' / s_w), C)`` with ``H' = H`` for "circular", else
         ``H - window_h + 1`` (likewise ``W'``).
     """
-    _check_pad_mode(pad_mode)
+    mode = _check_pad_mode(pad_mode)
+    win = _pair(window, "window")
     if pad_mode == "circular":
-        wh, ww = _pair(window, "window")
         _check_rank(x)
-        x = _pad_hw_mode(x, ((0, wh - 1), (0, ww - 1)), "wrap")
+        x = _pad_hw_mode(x, ((0, win[0] - 1), (0, win[1] - 1)), "wrap")
+    taps = binomial_filter(filter_size)
+    fast = win == (2, 2) and _pair(stride, "stride") == (2, 2) and filter_size > 1
+    if fast:
+        _check_rank(x)
+        x = jnp.asarray(x)
+    if fast and min(x.shape[-3], x.shape[-2]) >= 2:
+        h, w = x.shape[-3] - 1, x.shape[-2] - 1
+        hi = filter_size // 2
+        if mode == "reflect" and (hi >= h or hi >= w):
+            raise ValueError(f"reflect padding by {hi} needs H, W > {hi}, got {(h, w)}")
+        # The same values as below, with a hand-written gradient (see _max_blur.py).
+        return max_blur_2x2(x, tuple(float(a) for a in taps), mode, _blur_axis)
+    return _max_blur_reference(x, window, filter_size, stride, pad_mode)
+
+
+def _max_blur_reference(
+    x: jax.Array, window: Any, filter_size: int, stride: Any, pad_mode: str
+) -> jax.Array:
+    """:func:`max_blur_pool` after its circular pre-padding, composed of ``max_pool`` and
+    ``blur_pool`` with their own gradients: every case, and the reference of the 2x2 /
+    stride-2 fast path (``tests/test_pooling_formulations.py``)."""
     y = max_pool(x, window, stride=1)
     return blur_pool(y, filter_size=filter_size, stride=stride, pad_mode=pad_mode)
 
