@@ -227,6 +227,8 @@ def max_blur_pool(
     hand-written gradient (``_max_blur.py``: the blur's transpose in polyphase form, the
     dense max's through its saved first-maximum index), several times cheaper on XLA:CPU than
     the autodiff of the composition (``_max_blur_reference``), which serves every other case.
+    That gradient is a ``jax.custom_vjp``: reverse mode (``jax.grad``, ``jax.vjp``) works to
+    any order of vmap and jit, forward mode (``jax.jvp``, ``jax.jacfwd``) does not.
 
     Args:
         x: ``(..., H, W, C)``.
