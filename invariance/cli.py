@@ -401,6 +401,9 @@ def _enable_compilation_cache() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``invariance`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    from invariance.io import _git_commit
+
+    _git_commit()  # the commit of the code this process imported, before anything long runs
     _enable_compilation_cache()
     from invariance.train import TrainingDivergedError
 

@@ -8,6 +8,7 @@ killed process never leaves a half-written result and never corrupts one already
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -66,7 +67,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes to tracked files), read once
+    per process: the code a process runs is the code it imported, so rows made later in a long
+    run keep the commit they were computed with even if the checkout moves on meanwhile."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
