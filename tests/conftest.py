@@ -91,6 +91,22 @@ NOT_FAST: tuple[str, ...] = (
     "tests/test_faults.py::test_diverging_cell_is_recorded_and_the_others_go_on",  # 71 s
     "tests/test_faults.py::test_failed_attempt_keeps_the_runs_config_json",  # 59 s
     "tests/test_faults.py::test_pool_workers_end_when_their_parent_dies",  # 9 s
+    # 2.3-5 s each in -m fast (measured 2026-12-01, 2 workers):
+    "tests/test_augment.py::test_augment_vmaps_over_seeds_like_separate_calls",
+    "tests/test_transforms.py::test_rotate_jit_and_vmap_over_images_and_angles",
+    "tests/test_augment.py::test_translate_stays_within_range_and_varies_per_image",
+    "tests/test_runtime.py::test_reexec_sets_the_settings_and_keeps_a_users_value",
+    "tests/test_transforms.py::test_rotate_translate_jit_and_vmap_over_images_and_transforms",
+    "tests/test_runtime.py::test_a_module_is_reexecuted_as_a_module",
+    "tests/test_models.py::test_aps_with_index_matches_aps_pool_and_reuses_an_index",
+    "tests/test_faults_pooling.py::test_lp_pool_p_inf_is_max_abs_like_torch",
+    "tests/test_models.py::test_pool_mixed_starts_at_half_and_strided_conv_is_a_conv",
+    "tests/test_faults_pooling.py::test_lp_pool_zero_window_has_value_and_gradient_zero_like_torch",
+    "tests/test_metrics.py::test_distance_edge_cases_and_finite_gradients",
+    "tests/test_faults_api.py::test_metrics_propagate_nan",
+    "tests/test_store.py",  # 29 s: a tiny reproduce, then reruns and reports of its store
+    "tests/test_bench.py::test_a_fresh_process_ends_when_its_parent_dies",  # 4 s
+    "tests/test_bench.py::test_fresh_processes_return_results_raise_errors_and_get_their_seed",
     # 36 s:
     "tests/test_faults.py::test_remeasure_keeps_identities_and_the_report_shows_the_difference",
     # 9 s:

@@ -46,7 +46,9 @@ def test_configs_resolve_and_hash_identity():
             hashes = {C.config_hash(c) for c in cells}
             assert len(hashes) == len(cells)  # every cell is its own identity
     _, cells = C.resolve("pooling_table", profile="quick")
-    assert len(cells) == 12
+    assert len(cells) == 11  # the pool-free row is the full profile's alone
+    _, full = C.resolve("pooling_table", profile="full")
+    assert len(full) == 12
     a = C.to_dict(cells[0])
     b = dict(a, workdir="/elsewhere", progress=False)
     assert C.config_hash(a) == C.config_hash(b)  # where it runs is not what it computes
