@@ -737,7 +737,7 @@ def test_wheel_carries_the_configs_and_finds_them_outside_a_checkout(tmp_path):
     code = (
         "import invariance, invariance.config as C; "
         "print(invariance.__file__); print(C.find_config('pooling_table')); "
-        "print(len(C.resolve('pooling_table', profile='quick')[1]))"
+        "print(len(C.resolve('pooling_table', profile='full')[1]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run(
@@ -752,7 +752,7 @@ def test_wheel_carries_the_configs_and_finds_them_outside_a_checkout(tmp_path):
     pkg, config, n = r.stdout.split()
     assert Path(pkg).is_relative_to(site)
     assert Path(config) == site / "invariance" / "_configs" / "pooling_table.py"
-    assert n == "12"
+    assert n == "12"  # the full profile: 11 pooling kinds and the pool-free row
     # results of a command go under the folder it runs in
     assert cli._default_workdir("reproduce", "quick", []) == Path("runs/reproduce-quick")
 
