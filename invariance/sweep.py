@@ -34,7 +34,7 @@ from typing import Any
 
 import ml_collections
 
-from invariance._procs import end_with_parent
+from invariance._procs import sweep_worker
 from invariance.config import config_hash, study_part, to_dict
 from invariance.io import atomic_write_json
 
@@ -54,6 +54,7 @@ __all__ = [
     "read_json",
     "read_rows",
     "run_sweep",
+    "run_sweeps",
 ]
 
 BACKENDS = ("local", "submitit")
@@ -413,6 +414,7 @@ def run_sweep(
     progress: bool = True,
     claim: bool = True,
     on_finished: Callable[[Path], Any] | None = None,
+    pin_cores: bool = True,
 ) -> SweepResult:
     """Runs every unfinished cell under the workdir's lock; failed cells do not stop the others.
 
@@ -435,6 +437,9 @@ def run_sweep(
         on_finished: called with each cell's folder as soon as the cell finishes (in this
             process; ``invariance reproduce`` copies it into its store, see
             :mod:`invariance.store`).
+        pin_cores: local backend with ``processes > 1``: each worker runs on its own share
+            of this process's CPU cores (:func:`invariance._procs.core_share`), so the
+            workers' XLA thread pools do not preempt each other.
 
     Returns:
         A :class:`SweepResult`.
@@ -443,21 +448,83 @@ def run_sweep(
         ValueError: unknown backend, processes < 1.
         LockError: another process runs a sweep in ``workdir``.
     """
+    return run_sweeps(
+        [(cells, workdir)],
+        cell_fn=cell_fn,
+        backend=backend,
+        processes=processes,
+        cluster=cluster,
+        slurm=slurm,
+        progress=progress,
+        claim=claim,
+        on_finished=on_finished,
+        pin_cores=pin_cores,
+    )[0]
+
+
+def run_sweeps(
+    sweeps: Sequence[tuple[Sequence[ml_collections.ConfigDict | dict], str | Path]],
+    *,
+    cell_fn: CellFn,
+    backend: str = "local",
+    processes: int = 1,
+    cluster: str | None = None,
+    slurm: dict[str, Any] | None = None,
+    progress: bool = True,
+    claim: bool = True,
+    on_finished: Callable[[Path], Any] | None = None,
+    pin_cores: bool = True,
+) -> list[SweepResult]:
+    """Runs several sweeps' unfinished cells as one queue, in sweep order, under all their
+    workdirs' locks: with a process pool, a sweep's last cells share the cores with the next
+    sweep's first (``invariance reproduce --processes N`` runs its studies so).
+
+    Args:
+        sweeps: ``(cells, workdir)`` per sweep, as :func:`run_sweep` takes them; the
+            workdirs must differ.
+        cell_fn, backend, processes, cluster, slurm, progress, claim, on_finished,
+            pin_cores: as in :func:`run_sweep` (``on_finished`` gets every sweep's cells;
+            a cell's workdir is ``folder.parent.parent``; submitit writes its logs to the
+            first workdir with cells to run).
+
+    Returns:
+        One :class:`SweepResult` per sweep, in order.
+
+    Raises:
+        ValueError: unknown backend, processes < 1, a workdir given twice.
+        LockError: another process runs a sweep in one of the workdirs.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: valid are {', '.join(BACKENDS)}")
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
-    workdir = Path(workdir)
-    with lock(workdir):
-        if claim:
-            claim_workdir(workdir, cells)
-        run = _Run(cell_fn, backend, processes, cluster, slurm, progress, on_finished)
-        return _run_locked(cells, workdir, run)
+    run = _Run(cell_fn, backend, processes, cluster, slurm, progress, on_finished, pin_cores)
+    pairs = [(cells, Path(workdir)) for cells, workdir in sweeps]
+    if len({w.resolve() for _, w in pairs}) < len(pairs):
+        raise ValueError(f"a workdir is given twice: {', '.join(str(w) for _, w in pairs)}")
+    with contextlib.ExitStack() as held:
+        for cells, workdir in pairs:
+            held.enter_context(lock(workdir))
+            if claim:
+                claim_workdir(workdir, cells)
+        todo = [job for cells, workdir in pairs for job in _prepare(cells, workdir, run.say)]
+        results = _execute(todo, run)
+    return [
+        SweepResult(
+            folders=[cell_dir(workdir, c) for c in cells],
+            failed=[r for r in results if r["status"] == "failed" and _within(r, workdir)],
+        )
+        for cells, workdir in pairs
+    ]
+
+
+def _within(result: dict[str, Any], workdir: Path) -> bool:
+    return Path(result["folder"]).parent.parent == workdir
 
 
 @dataclasses.dataclass
 class _Run:
-    """How :func:`run_sweep` runs its cells (its keyword arguments)."""
+    """How :func:`run_sweeps` runs its cells (its keyword arguments)."""
 
     cell_fn: CellFn
     backend: str
@@ -466,6 +533,12 @@ class _Run:
     slurm: dict[str, Any] | None
     progress: bool
     on_finished: Callable[[Path], Any] | None
+    pin_cores: bool
+
+    def say(self, *args: Any) -> None:
+        """Prints a progress line (with ``progress``)."""
+        if self.progress:
+            print(*args, flush=True)
 
     def finished(self, result: dict[str, Any]) -> dict[str, Any]:
         """Passes a finished cell's folder to ``on_finished``; returns ``result``."""
@@ -474,41 +547,52 @@ class _Run:
         return result
 
 
-def _run_locked(cells, workdir: Path, run: _Run) -> SweepResult:
+def _prepare(cells, workdir: Path, say: Callable[..., None]) -> list[tuple[dict, Path]]:
+    """The sweep's unfinished cells, after refreshing the finished ones' configs and saying
+    which damaged or failed cells are redone."""
     todo = pending_cells(cells, workdir)
-    all_dirs = [cell_dir(workdir, c) for c in cells]
-    cell_fn, backend, processes = run.cell_fn, run.backend, run.processes
-    say = print if run.progress else (lambda *a, **k: None)
-    say(f"sweep: {len(set(all_dirs))} cells, {len(todo)} to run, in {workdir}", flush=True)
+    n = len({cell_dir(workdir, c) for c in cells})
+    say(f"sweep: {n} cells, {len(todo)} to run, in {workdir}")
     _refresh_finished(cells, workdir, {f for _, f in todo})
     for _, folder in todo:
         state, detail = cell_state(folder)
         if state in ("damaged", "failed"):
-            say(f"redoing {state} cell {folder.name}: {detail}", flush=True)
+            say(f"redoing {state} cell {folder.name}: {detail}")
+    return todo
+
+
+def _execute(todo: list[tuple[dict, Path]], run: _Run) -> list[dict[str, Any]]:
+    """Runs the cells with the run's backend; returns their results in completion order."""
     results: list[dict[str, Any]] = []
-    if backend == "local" and processes == 1:
+    if not todo:
+        return results
+    if run.backend == "local" and run.processes == 1:
         for i, (cfg, folder) in enumerate(todo):
-            say(f"[{i + 1}/{len(todo)}] {folder.name}", flush=True)
-            results.append(run.finished(_run_one(cell_fn, cfg, str(folder))))
-    elif backend == "local" and todo:
+            run.say(f"[{i + 1}/{len(todo)}] {folder.name}")
+            results.append(run.finished(_run_one(run.cell_fn, cfg, str(folder))))
+    elif run.backend == "local":
         ctx = mp.get_context("spawn")  # JAX is not fork-safe
+        counter = ctx.Value("i", 0) if run.pin_cores else None
         with cf.ProcessPoolExecutor(
-            processes, mp_context=ctx, initializer=end_with_parent, initargs=(os.getpid(),)
+            run.processes,
+            mp_context=ctx,
+            initializer=sweep_worker,
+            initargs=(os.getpid(), counter, run.processes),
         ) as pool:
-            futures = {pool.submit(_run_one, cell_fn, c, str(f)): f for c, f in todo}
+            futures = {pool.submit(_run_one, run.cell_fn, c, str(f)): f for c, f in todo}
             for fut in cf.as_completed(futures):
                 results.append(run.finished(fut.result()))
-                say(f"{results[-1]['status']} {futures[fut].name}", flush=True)
-    elif todo:
+                run.say(f"{results[-1]['status']} {futures[fut].name}")
+    else:
         import submitit
 
-        executor = submitit.AutoExecutor(folder=workdir / "submitit", cluster=run.cluster)
+        logs = todo[0][1].parent.parent / "submitit"  # the first workdir with cells to run
+        executor = submitit.AutoExecutor(folder=logs, cluster=run.cluster)
         executor.update_parameters(**(run.slurm or {}))
         jobs = executor.map_array(
-            _run_one, [cell_fn] * len(todo), [c for c, _ in todo], [str(f) for _, f in todo]
+            _run_one, [run.cell_fn] * len(todo), [c for c, _ in todo], [str(f) for _, f in todo]
         )
         for job in jobs:
             results.append(run.finished(job.result()))
-            say(f"{results[-1]['status']} job {job.job_id}", flush=True)
-    failed = [r for r in results if r["status"] == "failed"]
-    return SweepResult(folders=all_dirs, failed=failed)
+            run.say(f"{results[-1]['status']} job {job.job_id}")
+    return results

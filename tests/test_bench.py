@@ -373,3 +373,21 @@ def test_xla_op_times_names_the_ops_of_a_program():
     assert rows and all(r["ms"] >= 0 for r in rows)
     assert rows == sorted(rows, key=lambda r: -r["ms"])
     assert any("f32[256,256]" in r["what"] or "f32[]" in r["what"] for r in rows), rows
+
+
+def test_bench_processes_table_gives_throughput_ratios_to_one_process():
+    bp = load_script("bench_processes")
+    parts = {
+        "1 process": {"processes": 1, "pin": True, "rates": [10.0, 8.0, 9.0], "cores": [[0, 1]]},
+        "2 pinned": {"processes": 2, "pin": True, "rates": [16.0, 18.0], "cores": [[0], [1]]},
+        "2 unpinned": {"processes": 2, "pin": False, "rates": [9.0], "cores": [[0, 1], [0, 1]]},
+    }
+    args = type("A", (), {"steps": 40, "reps": 3})()
+    text = bp.render(parts, args, "python scripts/bench_processes.py", "quiet")
+    assert "Command: `python scripts/bench_processes.py`" in text and "Conditions: quiet" in text
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if " | " in line}
+    assert rows["1 process"].endswith("| 9.00 | 10.00 / 8.00 / 9.00 | 111 | 1.00x |")
+    assert rows["2 pinned"].endswith("| 0; 1 | 17.00 | 16.00 / 18.00 | 118 | 1.89x |")
+    assert rows["2 unpinned"].endswith("| 0,1; 0,1 | 9.00 | 9.00 | 222 | 1.00x |")
+    with pytest.raises(SystemExit):
+        bp.main(["--processes", "1"])  # nothing to compare: refused before any timing

@@ -196,13 +196,15 @@ def test_a_user_error_exits_the_real_process_with_status_2(tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path, capsys, monkeypatch):
-    """The real CLI trains and reports the tiny study; the rerun (in this process: it trains
-    nothing, so a second Python + JAX start would check nothing more) finds every cell
-    finished, and its tables and report's are byte-identical."""
+    """The real CLI trains and reports the tiny study, its studies' cells in one queue of two
+    pinned worker processes; the rerun (in this process: it trains nothing, so a second
+    Python + JAX start would check nothing more) finds every cell finished, and its tables
+    and report's are byte-identical."""
     from invariance import cli
 
     t0 = time.time()
-    r = _cli(["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "out"], tmp_path)
+    args = ["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "out"]
+    r = _cli([*args, "--processes", "2"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "out"
     for name in ("pooling_table", "downsample_input"):

@@ -384,6 +384,7 @@ def get_config(profile):
         ("inf_momentum", "train.momentum must be a finite number >= 0, got inf"),
         ("bad_config_json", "config.json is not valid JSON"),
         ("processes_zero", "--processes must be >= 1"),
+        ("reproduce_processes_zero", "--processes must be >= 1, got 0"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(case, match, tmp_path, capsys, monkeypatch):
@@ -418,6 +419,7 @@ def test_user_errors_are_one_line_exit_2(case, match, tmp_path, capsys, monkeypa
             str(Path(_write(tmp_path / "w/cells/x-1/config.json", "{bad")).parent),
         ],
         "processes_zero": sweep + ["--processes", "0"],
+        "reproduce_processes_zero": ["reproduce", "--profile", "tiny", "--processes", "0"],
     }[case]
     code, _, err = _main(args, capsys, monkeypatch, tmp_path)
     _one_line_error(code, err, match)
