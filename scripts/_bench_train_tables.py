@@ -238,7 +238,8 @@ def render_accuracy(result: dict, command: str) -> str:
         *benchmarking.header(command),
         f"Config: {c['optimizer']} lr {c['learning_rate']} ({c['schedule']}), weight decay "
         f"{c['weight_decay']}, batch {c['batch_size']} per device, {c['num_epochs']} epochs, "
-        f"{c['num_seeds']} seed(s), seed {c['seed']}; 60000 train / 10000 test images. "
+        f"{c['num_seeds']} seed(s), seed {c['seed']}; {c.get('train_examples') or 60000} train / "
+        "10000 test images. "
         f"Wall time {result['seconds']:.0f} s (compile and evaluation included).",
         "",
         "| epoch | train loss | train accuracy | test accuracy | images/s | seconds |",

@@ -1,6 +1,6 @@
 """Cells at once on a CPU: train-step throughput of N pinned worker processes against one.
 
-    python scripts/bench_processes.py [--processes N] [--steps 40] [--reps 3]
+    python scripts/bench_processes.py [--processes N] [--window 15] [--reps 3] [--seeds 3]
 
 What ``invariance sweep --processes N`` and ``invariance reproduce --processes N`` buy on this
 machine. Every configuration runs the max-pooling SmallCNN train step exactly as
@@ -13,9 +13,11 @@ the way the sweep starts its pool (``invariance._procs.sweep_worker``):
 * ``N unpinned``: N workers at once, each free to use every core (each XLA thread pool as
   large as all the cores): what pinning avoids.
 
-The workers compile, meet at a barrier, then time ``--steps`` steps each. A configuration's
-throughput is the sum over its workers of steps per second. The configurations run in
-``--reps`` rounds, each round in a fresh seeded random order
+Each step trains ``--seeds`` models in one program (the full study's cells train 3 seeds so).
+The workers compile, meet at a barrier, then count the steps each ends in the same
+``--window`` seconds, and go on stepping a little longer so that no worker idles while another
+is timed. A configuration's throughput is the sum over its workers of steps per second. The
+configurations run in ``--reps`` rounds, each round in a fresh seeded random order
 (``invariance.benchmarking.round_orders``); a configuration's figure is the median over its
 rounds, and the table gives it as a ratio to the peer's.
 """
@@ -49,22 +51,29 @@ def _bench_train():
     return sys.modules["bench_train"]
 
 
-def worker_steps(steps: int, barrier) -> dict:
-    """In a pool worker: compiles the train step, waits for the other workers, then times
-    ``steps`` steps. Returns ``{"seconds", "steps", "cores"}`` (this process's cores)."""
-    run = _bench_train().jax_variant(1, breakdown=False)["step"]
+def worker_steps(window: float, barrier, seeds: int = 3) -> dict:
+    """In a pool worker: compiles the train step of ``seeds`` models in one program (as a
+    cell trains its seeds), waits for the other workers, then steps for ``window`` seconds
+    and counts the steps that end inside it; it keeps stepping for :data:`TAIL` seconds
+    more, so every worker stays busy until every window has closed (a worker that stopped
+    early would hand its cores to the others and flatter the unpinned configuration).
+    Returns ``{"steps", "seconds", "cores"}`` (this process's cores)."""
+    run = _bench_train().jax_variant(seeds, breakdown=False)["step"]
     run(2)  # compile and first touch
     barrier.wait()
-    t0 = time.perf_counter()
-    run(steps)
-    return {
-        "seconds": time.perf_counter() - t0,
-        "steps": steps,
-        "cores": sorted(os.sched_getaffinity(0)),
-    }
+    start = time.time()  # the barrier releases every worker at once: the windows align
+    steps = 0
+    while time.time() < start + window + TAIL:
+        run(1)
+        steps += time.time() <= start + window
+    return {"steps": steps, "seconds": window, "cores": sorted(os.sched_getaffinity(0))}
 
 
-def one_configuration(processes: int, pin: bool, steps: int) -> dict:
+#: Seconds every worker keeps stepping after its window (longer than one step).
+TAIL = 2.0
+
+
+def one_configuration(processes: int, pin: bool, window: float, seeds: int = 3) -> dict:
     """Runs ``processes`` workers at once (pinned to their shares with ``pin``). Returns
     ``{"steps_per_s": total, "workers": [worker_steps results]}``."""
     ctx = mp.get_context("spawn")
@@ -77,12 +86,12 @@ def one_configuration(processes: int, pin: bool, steps: int) -> dict:
             initializer=sweep_worker,
             initargs=(os.getpid(), counter, processes),
         ) as pool:
-            futures = [pool.submit(worker_steps, steps, barrier) for _ in range(processes)]
+            futures = [pool.submit(worker_steps, window, barrier, seeds) for _ in range(processes)]
             workers = [f.result() for f in futures]
     return {"steps_per_s": sum(w["steps"] / w["seconds"] for w in workers), "workers": workers}
 
 
-def run_rounds(n: int, steps: int, reps: int) -> dict[str, dict]:
+def run_rounds(n: int, window: float, reps: int, seeds: int = 3) -> dict[str, dict]:
     """Every configuration once per round, ``reps`` rounds in seeded random orders.
     Returns label -> ``{"processes", "pin", "rates": [steps/s per round], "cores": [...]}``."""
     configs = {"1 process": (1, True), f"{n} pinned": (n, True), f"{n} unpinned": (n, False)}
@@ -93,7 +102,7 @@ def run_rounds(n: int, steps: int, reps: int) -> dict[str, dict]:
     for r, order in enumerate(benchmarking.round_orders(list(configs), reps)):
         for label in order:
             processes, pin = configs[label]
-            result = one_configuration(processes, pin, steps)
+            result = one_configuration(processes, pin, window, seeds)
             out[label]["rates"].append(result["steps_per_s"])
             out[label]["cores"] = [w["cores"] for w in result["workers"]]
             print(f"round {r + 1}: {label}: {result['steps_per_s']:.2f} steps/s", flush=True)
@@ -117,9 +126,12 @@ def render(parts: dict[str, dict], args, command: str, conditions: str) -> str:
             "# Cells at once: train-step throughput of N pinned processes",
             "",
             *benchmarking.header(command, conditions=conditions),
-            f"SmallCNN(pool=max), batch 128, the train step as `invariance.train` builds it; "
-            f"each worker times {args.steps} steps after a barrier; {args.reps} rounds in seeded "
-            "random orders; steps/s: the median over the rounds of the sum over the workers.",
+            f"SmallCNN(pool=max), batch 128, {args.seeds} seeds in one program (the train step "
+            "as `invariance.train` builds it for a cell); "
+            f"the workers meet at a barrier, then each counts the steps it ends in the same "
+            f"{args.window:g} s window (and keeps stepping {TAIL:g} s more, so none idles while "
+            f"another is timed); {args.reps} rounds in seeded random orders; steps/s: the median "
+            "over the rounds of the sum over the workers.",
             "",
             "| configuration | processes | cores of each worker | steps/s | rounds | ms per step "
             "and worker | throughput vs 1 process |",
@@ -134,20 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--processes", type=int, default=max(2, cores or 1), help="default: cores")
-    ap.add_argument("--steps", type=int, default=40, help="timed steps per worker")
+    ap.add_argument("--window", type=float, default=15.0, help="timed seconds per worker")
     ap.add_argument("--reps", type=int, default=3, help="rounds")
+    ap.add_argument("--seeds", type=int, default=3, help="models per step (the full study's 3)")
     ap.add_argument("--note", default="", help="the measuring conditions, for the header")
     ap.add_argument("--out", default="results/benchmarks/processes.md")
     args = ap.parse_args(argv)
-    if args.processes < 2 or min(args.steps, args.reps) < 1:
-        ap.error("--processes must be >= 2, --steps and --reps >= 1")
+    if args.processes < 2 or min(args.window, args.reps, args.seeds) <= 0:
+        ap.error("--processes must be >= 2, --window, --reps and --seeds > 0")
     command = benchmarking.command_line(
         "scripts/bench_processes.py", sys.argv[1:] if argv is None else argv
     )
     from invariance.io import atomic_write_text
 
     load = os.getloadavg()[0]
-    parts = run_rounds(args.processes, args.steps, args.reps)
+    parts = run_rounds(args.processes, args.window, args.reps, args.seeds)
     text = render(parts, args, command, benchmarking.conditions(load, args.note))
     print(text)
     print(json.dumps(parts))

@@ -448,13 +448,17 @@ def torch_version() -> str:
 # ------------------------------------------------------------------------------- accuracy
 
 
-def accuracy(epochs: int, seeds: int, workdir: str | None) -> dict:
-    """``train`` with the default config on Fashion-MNIST; its history and wall time."""
+def accuracy(
+    epochs: int, seeds: int, workdir: str | None, train_examples: int | None = None
+) -> dict:
+    """``train`` with the default config on Fashion-MNIST (its first ``train_examples``
+    training images; None: all 60000); its history and wall time."""
     from invariance.train import default_config, train
 
     config = default_config()
     config.num_epochs = epochs
     config.num_seeds = seeds
+    config.train_examples = train_examples
     config.progress = False
     workdir = workdir or tempfile.mkdtemp(prefix="bench-train-accuracy-")
     t0 = time.perf_counter()
@@ -476,12 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--workdir", default=None, help="run directory of the accuracy part")
+    ap.add_argument(
+        "--train-examples", type=int, default=None, help="accuracy: first N images (default all)"
+    )
     ap.add_argument("--rows", default=None, help="kinds: comma-separated rows (default all)")
     ap.add_argument("--note", default="", help="the measuring conditions, for the header")
     ap.add_argument("--out", default="results/benchmarks/train.md")
     args = ap.parse_args(argv)
     if min(args.steps, args.reps, args.processes, args.epochs, args.seeds) < 1:
         ap.error("--steps, --reps, --processes, --epochs and --seeds must be >= 1")
+    if args.train_examples is not None and args.train_examples < 1:
+        ap.error("--train-examples must be >= 1")
     if args.rows is not None:
         try:
             select_rows(study_kinds(), args.rows)
@@ -508,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(sections.values()), flush=True)
         write_sections(out, sections)
     if args.part in ("accuracy", "all"):
-        text = render_accuracy(accuracy(args.epochs, args.seeds, args.workdir), command)
+        result = accuracy(args.epochs, args.seeds, args.workdir, args.train_examples)
+        text = render_accuracy(result, command)
         print(text, flush=True)
         write_sections(out, {"accuracy": text})
     return 0

@@ -304,6 +304,7 @@ def test_bench_train_kinds_and_speed_smoke(tmp_path):
     shutil.copy(REPO / "results/benchmarks/train.md", out)
     accuracy = re.search(r"<!-- accuracy -->.*?<!-- /accuracy -->", out.read_text(), re.S)
     args = ["--steps", "1", "--reps", "2", "--processes", "1", "--out", str(out)]
+    args += ["--train-examples", "512"]
     proc = run_script("bench_train", "--part", "all", "--rows", "aps", "--epochs", "1", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
@@ -314,6 +315,7 @@ def test_bench_train_kinds_and_speed_smoke(tmp_path):
     assert "--part all --rows aps" in speed and "ours / flax.linen.max_pool model" in speed
     assert "Top 10 ops" in speed and "conv2 3x3 32->64" in speed
     assert accuracy is None or "Final test accuracy" in text
+    assert "1 epochs, 1 seed(s), seed 0; 512 train / 10000 test images" in text
 
 
 @pytest.mark.slow
@@ -382,7 +384,7 @@ def test_bench_processes_table_gives_throughput_ratios_to_one_process():
         "2 pinned": {"processes": 2, "pin": True, "rates": [16.0, 18.0], "cores": [[0], [1]]},
         "2 unpinned": {"processes": 2, "pin": False, "rates": [9.0], "cores": [[0, 1], [0, 1]]},
     }
-    args = type("A", (), {"steps": 40, "reps": 3})()
+    args = type("A", (), {"window": 15.0, "reps": 3, "seeds": 3})()
     text = bp.render(parts, args, "python scripts/bench_processes.py", "quiet")
     assert "Command: `python scripts/bench_processes.py`" in text and "Conditions: quiet" in text
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if " | " in line}
