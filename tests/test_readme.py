@@ -14,3 +14,22 @@ def test_readme_api_tour_runs():
     exec(compile(m.group(1), "README tour", "exec"), namespace)
     rows = namespace["rows"]
     assert rows and all(r["protocol"] == "one_pixel_flip_rate" for r in rows)
+
+
+def test_readme_command_lines_parse():
+    """Every ``invariance ...`` line of the README's command-line block names real
+    subcommands and flags (parsed by the CLI's own parser, nothing run)."""
+    import shlex
+
+    from invariance import cli
+
+    text = README.read_text(encoding="utf-8")
+    m = re.search(r"## The command line\n\n```bash\n(.*?)```", text, re.S)
+    assert m, "README has no command-line block"
+    lines = m.group(1).replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line, comments=True) for line in lines if line.startswith("invariance")]
+    assert len(commands) >= 8
+    parser = cli._parser()
+    for words in commands:
+        args = parser.parse_args(words[1:])  # argparse exits (SystemExit) on a stale flag
+        assert args.command in cli.COMMANDS, words
