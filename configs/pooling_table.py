@@ -51,7 +51,7 @@ KINDS = {
     # where each feature is, so the row classifies and is the baseline every pooling kind
     # is compared with. Measured on the 2-core CPU: widths (32, 64), one seed, one epoch of
     # 5,888 images (46 steps of 128) reached 83.4% on the first 2,000 test images, so the
-    # full profile's 60k images x 10 epochs should pass 88% (its table says whether it did).
+    # full profile's 60k images x 6 epochs should pass 88% (its table says whether it did).
     "none (full res.) + flatten": {"pool": "none", "head": "flatten"},
 }
 TINY_KINDS = ("max", "max_blur (3)", "aps")

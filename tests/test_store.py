@@ -11,6 +11,10 @@ from invariance import cli, experiment, store
 
 STUDY = "downsample_input"  # two tiny cells: the cheapest study that trains
 
+# One xdist worker for the module: its tests share the one tiny reproduce of ``reproduced``
+# (a module fixture is made once per worker that runs one of its tests).
+pytestmark = pytest.mark.xdist_group("store")
+
 
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
