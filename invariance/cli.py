@@ -139,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
         "--update-readme",
         default=None,
         metavar="README",
-        help="also copy the generated tables into README between <!-- results:NAME --> markers",
+        help="also copy the generated tables into README between <!-- results:DIR/NAME --> "
+        "markers, DIR the name of the --out folder (quick, full)",
     )
     return p
 
@@ -377,22 +378,54 @@ def _keep_in_store(folder: Path, out: Path) -> None:
 
 
 def update_readme(readme: Path, tables: Path) -> None:
-    """Replaces each ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->`` block of the
-    README with the table in ``tables/NAME.md`` (its heading dropped); written atomically by
-    :func:`invariance.io.write_marked_blocks`, the one writer of marked blocks."""
+    """Replaces the README's results blocks with the tables in ``tables`` (their headings
+    dropped); written atomically by :func:`invariance.io.write_marked_blocks`, the one writer
+    of marked blocks.
+
+    A block ``<!-- results:DIR/NAME -->`` ... ``<!-- /results:DIR/NAME -->`` takes
+    ``tables/NAME.md`` when ``tables`` is a folder named DIR (``results/full`` fills the
+    ``full/`` blocks and keeps the ``quick/`` ones); a block ``<!-- results:NAME -->`` takes
+    it from any folder. Other blocks are kept as they are.
+
+    Raises:
+        UserError: a block of this folder names a table that does not exist, or the README
+            has no block for this folder at all.
+    """
     from invariance.io import write_marked_blocks
 
+    filled = []
+
     def body(block: str) -> str | None:
-        if not block.startswith("results:"):
-            return None  # another tool's block: kept as it is
-        name = block.removeprefix("results:")
+        name = table_of_block(block, tables.name)
+        if name is None:
+            return None  # another tool's block, or another folder's: kept as it is
         path = tables / f"{name}.md"
         if not path.is_file():
-            raise UserError(f"{readme} asks for results:{name} but {path} does not exist")
-        lines = path.read_text().splitlines()
-        return "\n".join(line for line in lines if not line.startswith("# ")).strip()
+            raise UserError(f"{readme} asks for {block} but {path} does not exist")
+        filled.append(name)
+        return readme_table(path)
 
     write_marked_blocks(readme, body)
+    if not filled:
+        raise UserError(
+            f"{readme} has no results block for {tables}: mark one with "
+            f"<!-- results:{tables.name}/NAME --> ... <!-- /results:{tables.name}/NAME -->"
+        )
+
+
+def table_of_block(block: str, folder: str) -> str | None:
+    """The table NAME a marked block ``results:[DIR/]NAME`` takes from a folder named
+    ``folder``; None for a block of another folder or of another tool."""
+    if not block.startswith("results:"):
+        return None
+    where, _, name = block.removeprefix("results:").rpartition("/")
+    return name if where in ("", folder) else None
+
+
+def readme_table(path: Path) -> str:
+    """A report table as the README shows it: the file without its ``# `` heading."""
+    lines = path.read_text().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("# ")).strip()
 
 
 COMMANDS = {

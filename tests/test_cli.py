@@ -252,3 +252,16 @@ def test_update_readme_replaces_marked_blocks(tmp_path):
     readme.write_text("<!-- results:missing -->\n<!-- /results:missing -->\n")
     with pytest.raises(UserError, match="results:missing"):
         update_readme(readme, tmp_path / "t")
+    # A folder's own blocks (results:DIR/NAME) are filled; another folder's are kept.
+    both = (
+        "<!-- results:t/pooling_table -->\nold t\n<!-- /results:t/pooling_table -->\n"
+        "<!-- results:quick/pooling_table -->\nold quick\n<!-- /results:quick/pooling_table -->\n"
+    )
+    readme.write_text(both)
+    update_readme(readme, tmp_path / "t")
+    assert readme.read_text() == both.replace("old t", "| a |\n| --- |\n| 1 |")
+    readme.write_text(
+        "<!-- results:quick/pooling_table -->\n<!-- /results:quick/pooling_table -->\n"
+    )
+    with pytest.raises(UserError, match="no results block for .*results:t/NAME"):
+        update_readme(readme, tmp_path / "t")

@@ -33,3 +33,16 @@ def test_readme_command_lines_parse():
     for words in commands:
         args = parser.parse_args(words[1:])  # argparse exits (SystemExit) on a stale flag
         assert args.command in cli.COMMANDS, words
+
+
+def test_readme_results_blocks_are_the_committed_tables():
+    """Every ``<!-- results:DIR/NAME -->`` block of the README holds results/DIR/NAME.md as
+    ``invariance reproduce --update-readme`` copies it: no README table drifts from its rows."""
+    from invariance.cli import readme_table
+
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- results:(\S+) -->\n(.*?)\n<!-- /results:\1 -->", text, re.S)
+    assert blocks, "README has no results blocks"
+    for name, body in blocks:
+        assert "/" in name, f"results:{name} names no results folder (results:DIR/NAME)"
+        assert body == readme_table(README.parent / "results" / f"{name}.md"), name
