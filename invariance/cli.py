@@ -325,7 +325,7 @@ def _cmd_reproduce(args) -> int:
     from invariance import store
     from invariance.experiment import run_cell
     from invariance.report import report
-    from invariance.sweep import claim_workdir, lock, run_sweeps
+    from invariance.sweep import claim_workdir, lock, record_expected, run_sweeps
 
     _check_processes(args.processes)
     root = _writable_dir(
@@ -344,6 +344,7 @@ def _cmd_reproduce(args) -> int:
             kept = out / name  # the study's store: the light files of its finished cells
             held.enter_context(lock(kept))
             claim_workdir(kept, cells)
+            record_expected(kept, cells)  # the report says which cells are still missing
             back = store.restore(cells, kept, root / name)
             if back:
                 print(f"{name}: {len(back)} cells restored from {kept}", flush=True)

@@ -39,7 +39,7 @@ from invariance.config import study_part
 from invariance.figures import FIGURES, row_labels, savefig
 from invariance.io import atomic_write_text
 from invariance.metrics import mean_ci
-from invariance.sweep import CellError, cell_state, read_json, read_rows
+from invariance.sweep import EXPECTED_FILE, CellError, cell_state, read_json, read_rows
 
 __all__ = [
     "BETTER",
@@ -164,6 +164,30 @@ def _cells(run_dir: Path) -> tuple[list[tuple[Path, dict, list[Row]]], list[dict
             raise CellError(f"{cell / 'config.json'} does not hold a config (a JSON object)")
         finished.append((cell, cfg, rows))
     return finished, failed
+
+
+def _unfinished(run_dir: Path, finished: Sequence[tuple], failed: Sequence[dict]) -> dict:
+    """Config name -> (labels of the cells an ``expected.json`` under ``run_dir`` lists that
+    are neither finished nor failed, how many it lists)."""
+    done = {cell for cell, _, _ in finished} | {run_dir / f["folder"] for f in failed}
+    missing: dict[str, list[str]] = defaultdict(list)
+    counts: dict[str, int] = defaultdict(int)
+    for path in sorted(run_dir.glob(f"**/{EXPECTED_FILE}")):
+        entries = read_json(path)
+        if not isinstance(entries, dict) or not isinstance(entries.get("cells"), list):
+            raise CellError(f"{path} does not list cells (a JSON object with a 'cells' list)")
+        for e in entries["cells"]:
+            counts[str(e.get("config"))] += 1
+            if path.parent / "cells" / str(e.get("folder")) not in done:
+                missing[str(e.get("config"))].append(str(e.get("label") or e.get("folder")))
+    return {name: (labels, counts[name]) for name, labels in missing.items()}
+
+
+def _partial_note(labels: Sequence[str], expected: int) -> str:
+    return (
+        f"Partial: {expected - len(labels)} of {expected} cells finished; not finished yet: "
+        f"{', '.join(labels)}."
+    )
 
 
 def load_rows(run_dir: str | Path) -> list[Row]:
@@ -408,7 +432,8 @@ def _tables(
             v = e[h]
             cells += ["", ""] if v is None else [f"{v[0]:.6g}", f"{v[1]:.6g}"]
         w.writerow([e["label"], e["n_seeds"], *cells])
-    tex = ["\\begin{tabular}{l" + "r" * len(headers) + "}", "\\toprule"]
+    tex = [f"% {n}" for n in notes if n.startswith("Partial:")]  # a partial table says so
+    tex += ["\\begin{tabular}{l" + "r" * len(headers) + "}", "\\toprule"]
     tex.append("pooling & " + " & ".join(tex_escape(h) for h in headers) + " \\\\")
     tex.append("\\midrule")
     for e in summary:
@@ -577,10 +602,13 @@ def report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]
     failed_by: dict[str, list[dict]] = defaultdict(list)
     for f in failed:
         failed_by[str(f.get("cell_config"))].append(f)
+    unfinished = _unfinished(run_dir, finished, failed)
     written: list[Path] = []
     for name in sorted(set(by_exp) | set(failed_by)):
         cells = by_exp.get(name, [])
         mine, notes = _label_variants(name, cells, run_dir) if cells else ([], [])
+        if name in unfinished:
+            notes = [_partial_note(*unfinished[name]), *notes]
         spec = (cells[0][1].get("report") if cells else None) or DEFAULT_REPORT
         try:
             validate_report(spec)

@@ -53,18 +53,20 @@ __all__ = [
     "pending_cells",
     "read_json",
     "read_rows",
+    "record_expected",
     "run_sweep",
     "run_sweeps",
 ]
 
 BACKENDS = ("local", "submitit")
-CONFIG_FILE, ROWS_FILE, DONE_FILE, FAILED_FILE, LOCK_FILE, STUDY_FILE = (
+CONFIG_FILE, ROWS_FILE, DONE_FILE, FAILED_FILE, LOCK_FILE, STUDY_FILE, EXPECTED_FILE = (
     "config.json",
     "rows.jsonl",
     "done.json",
     "failed.json",
     ".lock",
     "sweep.json",
+    "expected.json",
 )
 
 CellFn = Callable[[dict[str, Any], str], Any]
@@ -234,6 +236,26 @@ def claim_workdir(workdir: str | Path, cells: Sequence[ml_collections.ConfigDict
             )
         return
     atomic_write_json(path, {"parts": parts})
+
+
+def record_expected(folder: str | Path, cells: Sequence[ml_collections.ConfigDict | dict]) -> None:
+    """Writes ``folder/expected.json``: every cell the latest sweep (or reproduce) of this
+    folder asked for, as ``{"cells": [{"folder", "label", "config"}, ...]}``, so that
+    :func:`invariance.report.report` can say which are not finished yet instead of showing
+    a partial table as if it were whole.
+
+    Args:
+        folder: a sweep workdir or a reproduce store (its cells live in ``folder/cells``).
+        cells: the resolved cells asked for.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        d = to_dict(c)
+        name = cell_dir(folder, d).name
+        entries.setdefault(
+            name, {"folder": name, "label": d.get("cell_name"), "config": d.get("name")}
+        )
+    atomic_write_json(Path(folder) / EXPECTED_FILE, {"cells": list(entries.values())})
 
 
 # ------------------------------------------------------------------------------------------
@@ -507,6 +529,7 @@ def run_sweeps(
             held.enter_context(lock(workdir))
             if claim:
                 claim_workdir(workdir, cells)
+                record_expected(workdir, cells)
         todo = [job for cells, workdir in pairs for job in _prepare(cells, workdir, run.say)]
         results = _execute(todo, run)
     return [

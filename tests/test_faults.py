@@ -131,6 +131,28 @@ def test_overrides_never_share_a_folder_or_a_table(tmp_path):
         report(tmp_path / "p", tmp_path / "out2")
 
 
+def test_a_partial_table_says_which_cells_are_not_finished(tmp_path):
+    from invariance.report import report
+
+    wd = tmp_path / "w"
+    cells = _cells(n=3)
+    run_sweep(cells, wd, cell_fn=_rows_cell, progress=False)
+    (md,) = [p for p in report(wd, tmp_path / "a") if p.suffix == ".md"]
+    assert "Partial" not in md.read_text()
+    (cell_dir(wd, cells[2]) / "done.json").unlink()  # c2 pending, as in a run still going
+    written = report(wd, tmp_path / "b")
+    text = {p.suffix: p.read_text() for p in written}
+    assert "Partial: 2 of 3 cells finished; not finished yet: c2." in text[".md"]
+    assert text[".tex"].startswith("% Partial: 2 of 3 cells finished; not finished yet: c2.\n")
+    assert "| c2 |" not in text[".md"]
+    run_sweep(cells, wd, cell_fn=_rows_cell, progress=False)  # c2 finishes
+    (md,) = [p for p in report(wd, tmp_path / "c") if p.suffix == ".md"]
+    assert "Partial" not in md.read_text() and "| c2 |" in md.read_text()
+    (wd / "expected.json").write_text("[1, 2]")
+    with pytest.raises(CellError, match="expected.json does not list cells"):
+        report(wd, tmp_path / "d")
+
+
 def test_report_never_counts_a_seed_twice(tmp_path):
     from invariance.report import report
 

@@ -39,6 +39,8 @@ def _stored_cells(root: Path) -> list[Path]:
 def test_finished_cells_are_stored_without_checkpoints(reproduced):
     cells = _stored_cells(reproduced)
     assert len(cells) == 2
+    expected = json.loads((reproduced / "results" / STUDY / "expected.json").read_text())
+    assert sorted(e["folder"] for e in expected["cells"]) == [c.name for c in cells]
     for cell in cells:
         names = {p.relative_to(cell).as_posix() for p in cell.rglob("*") if p.is_file()}
         assert {"config.json", "rows.jsonl", "done.json", "provenance.json"} <= names
