@@ -491,11 +491,14 @@ def _seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_
     axes[0].set_ylabel("relative L2 change of the output")
     axes[1].legend(fontsize=7)
     written.append(savefig(fig, out / f"{name}_masking.png"))
+    seeds = max((len(v) for k, v in table.items() if k[0].startswith("probe")), default=0)
     md = [
         f"# {name}",
         "",
-        "Relative L2 change ||f(Tx) - f(x)|| / ||f(x)|| (mean over images and "
-        "probe seeds); `input itself` is the change of the masked input.",
+        "Relative L2 change ||f(Tx) - f(x)|| / ||f(x)|| (mean over images); `input itself` is "
+        "the change of the masked input. Pooling rows are one measurement on the images; "
+        f"probe rows are mean ± 95% CI over {seeds} randomly initialised probe seeds "
+        "(Student t).",
         "",
     ]
     nets = sorted({k[0] for k in table})
@@ -503,8 +506,7 @@ def _seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_
     md.append("| network | " + " | ".join(f"{t} {s}" for t, s in cols) + " |")
     md.append("| --- | " + " | ".join("---" for _ in cols) + " |")
     for net in nets:
-        vals = [table.get((net, t, s)) for t, s in cols]
-        cells = ["–" if not v else f"{np.mean(v):.3f}" for v in vals]
+        cells = [_mean_pm(table.get((net, t, s))) for t, s in cols]
         md.append(f"| {net} | " + " | ".join(cells) + " |")
     md += ["", _stamp(rows, run_dir, name), ""]
     written.append(atomic_write_text(out / f"{name}.md", "\n".join(md)))
@@ -530,6 +532,15 @@ def _seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_
         written.append(savefig(fig, out / f"{name}_examples.png"))
         break
     return written
+
+
+def _mean_pm(values: Sequence[float] | None) -> str:
+    """``0.298 ± 0.010`` (mean ± 95% CI) for several values, ``0.298`` for one, ``–`` for none."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return "{:.3f} ± {:.3f}".format(*mean_ci(values))
 
 
 def _sev(r: Row) -> Any:
