@@ -3,7 +3,7 @@
     invariance train CONFIG [--profile quick] [--set key=value ...] [--workdir DIR]
     invariance measure CELL_DIR [--set measure.key=value ...]
     invariance sweep CONFIG [--backend local|submitit] [--workdir DIR] [--processes N] [--dry-run]
-    invariance report DIR [--out DIR]
+    invariance report DIR [--out DIR] [--update-readme README.md]
     invariance reproduce [--profile quick|full] [--out results] [--processes N] [--dry-run]
 
 User errors print one line (what is wrong, what is valid) and exit with status 2; a sweep whose
@@ -121,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="tables and figures from a sweep's rows")
     r.add_argument("dir")
     r.add_argument("--out", default=None, help="default DIR/report")
+    r.add_argument(
+        "--update-readme",
+        default=None,
+        metavar="README",
+        help="also copy the tables into README's <!-- results:DIR/NAME --> blocks, DIR the "
+        "name of the --out folder",
+    )
     rp = sub.add_parser("reproduce", help="the default study, written to results/")
     rp.add_argument("--profile", default="quick", choices=PROFILES)
     rp.add_argument("--workdir", default=None, help="default runs/reproduce-<profile>")
@@ -313,6 +320,8 @@ def _cmd_report(args) -> int:
     out = _writable_dir(args.out, "--out") if args.out else None
     for p in report(args.dir, out):
         print(p)
+    if args.update_readme:
+        update_readme(Path(args.update_readme), out or Path(args.dir) / "report")
     return 0
 
 

@@ -153,6 +153,19 @@ def test_a_partial_table_says_which_cells_are_not_finished(tmp_path):
         report(wd, tmp_path / "d")
 
 
+def test_report_updates_the_readme_blocks_of_its_out_folder(tmp_path, capsys, monkeypatch):
+    run_sweep(_cells(n=2), tmp_path / "w", cell_fn=_rows_cell, progress=False)
+    readme = tmp_path / "README.md"
+    kept = "<!-- results:quick/fake -->\nquick table\n<!-- /results:quick/fake -->\n"
+    readme.write_text(f"<!-- results:t/fake -->\nstale\n<!-- /results:t/fake -->\n{kept}")
+    code, _, err = _main(
+        ["report", "w", "--out", "t", "--update-readme", "README.md"], capsys, monkeypatch, tmp_path
+    )
+    assert code == 0, err
+    text = readme.read_text()
+    assert "stale" not in text and "| c1 |" in text and text.endswith(kept)
+
+
 def test_report_never_counts_a_seed_twice(tmp_path):
     from invariance.report import report
 
