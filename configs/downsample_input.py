@@ -3,8 +3,10 @@ accuracy. SmallCNN(max) against DownsampleInput(14) (resize -> conv -> conv-pool
 
 Command:  invariance sweep downsample_input --profile quick
           invariance report runs/downsample_input-quick
-Runtime:  quick ~1 min on a 2-core CPU; full ~10 GPU minutes.
-Numbers:  results/quick/downsample_input.md.
+Runtime:  quick ~1 min on a 2-core CPU; full (2 cells, 60k images, 6 epochs, 3 seeds): about
+          18 core-minutes a cell, as the pooling table's max cell measured (below); on one
+          GPU ~10 min, an estimate never measured on a GPU.
+Numbers:  results/quick/downsample_input.md, results/full/downsample_input.md.
 """
 
 from invariance.experiment import train_measure_config

@@ -1,8 +1,9 @@
 """Masking claims 1-4 of docs/seeds.md on Fashion-MNIST T-shirts, as figures and numbers.
 
 Command:  invariance sweep seed_figures --profile quick && invariance report runs/seed_figures-quick
-Runtime:  quick ~1 min on a 2-core CPU; full ~5 min.
-Numbers:  results/quick/seed_figures.md.
+Runtime:  quick ~1 min on a 2-core CPU; full (1000 images, 20 probe seeds): 8.5 min, measured
+          on the 2-core CPU (one process on both cores; config.json to done.json).
+Numbers:  results/quick/seed_figures.md, results/full/seed_figures.md.
 
 Pooling alone (max, avg, min; 2x2, stride 2 and stride 1) and the two Probe networks
 (Conv(2x2) -> MaxPool(2x2, stride 1) -> Conv(2x2) against Conv(2x2) -> Conv(2x2), random

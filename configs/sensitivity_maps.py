@@ -2,7 +2,8 @@
 
 Command:  invariance sweep sensitivity_maps --profile quick
           invariance report runs/sensitivity_maps-quick
-Runtime:  quick ~3 min on a 2-core CPU; full ~20 GPU minutes.
+Runtime:  quick ~3 min on a 2-core CPU; full ~20 GPU minutes (an estimate,
+          never measured on a GPU).
 Numbers:  results/quick/sensitivity_maps.md (the pooling table's cells also carry a map).
 """
 
