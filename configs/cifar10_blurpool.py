@@ -5,7 +5,8 @@ consistency (circular and zero-padded, +-8 px as sourajitcs/tips). Needs CIFAR-1
 paper's setting; this config uses 30 epochs).
 
 Command:  invariance sweep cifar10_blurpool --profile full --workdir runs/cifar10
-Runtime:  full ~20 GPU minutes per cell (an estimate, never measured on a GPU); quick is a smoke run (1 epoch, 5k images).
+Runtime:  full ~20 GPU minutes per cell (an estimate, never measured on a GPU); quick is a
+          smoke run (1 epoch, 5k images).
 """
 
 from invariance.experiment import train_measure_config
