@@ -13,7 +13,8 @@ the holder's PID written inside): a second process on the same folder stops with
 naming the holder; a lock left by a dead process is free again. Workers of the process pool end
 when their parent dies.
 
-Backends: ``local`` (in this process, or a small pool of processes) and ``submitit`` (SLURM;
+Backends: ``local`` (in this process, or a pool of processes, each pinned to its own share of
+the CPU cores; :func:`run_sweeps` runs several sweeps as one queue) and ``submitit`` (SLURM;
 ``cluster="local"`` runs the same code path on this machine, which is how the tests exercise it).
 """
 
