@@ -27,9 +27,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import socket
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ import ml_collections
 from invariance._procs import sweep_worker
 from invariance.config import config_hash, study_part, to_dict
 from invariance.io import atomic_write_json
+from invariance.locks import LockError, lock
 
 __all__ = [
     "BACKENDS",
@@ -60,12 +59,11 @@ __all__ = [
 ]
 
 BACKENDS = ("local", "submitit")
-CONFIG_FILE, ROWS_FILE, DONE_FILE, FAILED_FILE, LOCK_FILE, STUDY_FILE, EXPECTED_FILE = (
+CONFIG_FILE, ROWS_FILE, DONE_FILE, FAILED_FILE, STUDY_FILE, EXPECTED_FILE = (
     "config.json",
     "rows.jsonl",
     "done.json",
     "failed.json",
-    ".lock",
     "sweep.json",
     "expected.json",
 )
@@ -76,10 +74,6 @@ CellFn = Callable[[dict[str, Any], str], Any]
 class CellError(ValueError):
     """A cell's files cannot be vouched for (damaged, unreadable, invalid JSON): one line naming
     the file. The user fixes it by rerunning the sweep (which redoes a damaged cell)."""
-
-
-class LockError(RuntimeError):
-    """Another live process holds the folder's lock; the message names its PID."""
 
 
 class StudyMismatchError(ValueError):
@@ -257,74 +251,6 @@ def record_expected(folder: str | Path, cells: Sequence[ml_collections.ConfigDic
             name, {"folder": name, "label": d.get("cell_name"), "config": d.get("name")}
         )
     atomic_write_json(Path(folder) / EXPECTED_FILE, {"cells": list(entries.values())})
-
-
-# ------------------------------------------------------------------------------------------
-# Locks.
-
-_HELD: dict[Path, tuple[int, int]] = {}  # folder -> (fd, depth): re-entrant within a process
-_HELD_LOCK = threading.Lock()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def lock(folder: str | Path) -> Iterator[Path]:
-    """Holds ``folder/.lock`` (an exclusive ``flock``; the file records the holder's PID).
-
-    Re-entrant in one process. A lock file left by a dead process is taken over (the kernel
-    released its ``flock`` when it died).
-
-    Raises:
-        LockError: another live process holds the lock (the message names its PID).
-    """
-    import fcntl
-
-    folder = Path(folder).resolve()
-    with _HELD_LOCK:
-        if folder in _HELD:
-            fd, depth = _HELD[folder]
-            _HELD[folder] = (fd, depth + 1)
-            reentered = True
-        else:
-            reentered = False
-    if not reentered:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
-            os.close(fd)
-            pid = holder[0] if holder else "?"
-            host = holder[1] if len(holder) > 1 else "?"
-            raise LockError(
-                f"{folder} is in use by process {pid} on {host} (lock {path}); wait for it to "
-                "end, or use another folder"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        with _HELD_LOCK:
-            _HELD[folder] = (fd, 1)
-    try:
-        yield folder
-    finally:
-        with _HELD_LOCK:
-            fd, depth = _HELD[folder]
-            if depth > 1:
-                _HELD[folder] = (fd, depth - 1)
-            else:
-                del _HELD[folder]
-                os.close(fd)  # releases the flock; the file stays (its PID is then stale)
 
 
 # ------------------------------------------------------------------------------------------

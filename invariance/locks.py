@@ -1,0 +1,89 @@
+"""Folder locks: one process per sweep workdir, cell folder or trained run.
+
+A lock is an exclusive ``flock`` on ``FOLDER/.lock``; the file records the holder's PID and
+host, so a second process stops with one line naming them. The kernel releases a ``flock``
+when its holder dies, so a lock left by a dead process is free again (the stale PID in the
+file is simply overwritten). Locks are re-entrant within a process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["LOCK_FILE", "LockError", "lock"]
+
+LOCK_FILE = ".lock"
+
+
+class LockError(RuntimeError):
+    """Another live process holds the folder's lock; the message names its PID."""
+
+
+_HELD: dict[Path, tuple[int, int]] = {}  # folder -> (fd, depth): re-entrant within a process
+_HELD_LOCK = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def lock(folder: str | Path) -> Iterator[Path]:
+    """Holds ``folder/.lock`` (an exclusive ``flock``; the file records the holder's PID).
+
+    Re-entrant in one process. A lock file left by a dead process is taken over (the kernel
+    released its ``flock`` when it died).
+
+    Raises:
+        LockError: another live process holds the lock (the message names its PID).
+    """
+    import fcntl
+
+    folder = Path(folder).resolve()
+    with _HELD_LOCK:
+        if folder in _HELD:
+            fd, depth = _HELD[folder]
+            _HELD[folder] = (fd, depth + 1)
+            reentered = True
+        else:
+            reentered = False
+    if not reentered:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            pid = holder[0] if holder else "?"
+            host = holder[1] if len(holder) > 1 else "?"
+            raise LockError(
+                f"{folder} is in use by process {pid} on {host} (lock {path}); wait for it to "
+                "end, or use another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        with _HELD_LOCK:
+            _HELD[folder] = (fd, 1)
+    try:
+        yield folder
+    finally:
+        with _HELD_LOCK:
+            fd, depth = _HELD[folder]
+            if depth > 1:
+                _HELD[folder] = (fd, depth - 1)
+            else:
+                del _HELD[folder]
+                os.close(fd)  # releases the flock; the file stays (its PID is then stale)
