@@ -95,7 +95,7 @@ def provenance(name: str, rows: Sequence[Row]) -> str:
     )
 
 
-def savefig(fig, path: Path, stamp: str | None = None) -> Path:
+def savefig(fig, path: Path, stamp: str | None = None, caption: str | None = None) -> Path:
     """Writes ``fig`` as a PNG at ``path`` (atomically) and closes it; the bytes depend only
     on what was drawn and ``stamp`` (no software version or date in the metadata).
 
@@ -103,9 +103,13 @@ def savefig(fig, path: Path, stamp: str | None = None) -> Path:
         fig: a matplotlib figure.
         path: the file written.
         stamp: a text kept in the PNG's ``Description`` (e.g. :func:`provenance`).
+        caption: a line drawn in red above the figure (the report's ``Partial: ...``, so a
+            figure of an unfinished study says so as its table does).
     """
     import matplotlib.pyplot as plt
 
+    if caption:
+        fig.text(0.01, 1.0, caption, ha="left", va="bottom", fontsize=9, color="firebrick")
     meta = {"Software": None} if stamp is None else {"Software": None, "Description": stamp}
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata=meta)
@@ -159,7 +163,9 @@ def accuracy_consistency_points(rows: Sequence[Row]) -> dict[str, dict[str, tupl
     return out
 
 
-def _accuracy_consistency(name: str, rows: list[Row], out: Path) -> list[Path]:
+def _accuracy_consistency(
+    name: str, rows: list[Row], out: Path, caption: str | None = None
+) -> list[Path]:
     panels = accuracy_consistency_points(rows)
     if not panels:
         return []
@@ -185,7 +191,9 @@ def _accuracy_consistency(name: str, rows: list[Row], out: Path) -> list[Path]:
         )
         fig.suptitle("mean ± 95% CI over seeds (Zhang 2019, Fig. 1)", fontsize=9, y=0.995)
         fig.tight_layout()
-        return [savefig(fig, out / f"{name}_accuracy_consistency.png", provenance(name, rows))]
+        return [
+            savefig(fig, out / f"{name}_accuracy_consistency.png", provenance(name, rows), caption)
+        ]
 
 
 def sensitivity_profile_bands(rows: Sequence[Row]) -> dict[str, dict[str, dict[int, Stat]]]:
@@ -215,7 +223,9 @@ def sensitivity_profile_bands(rows: Sequence[Row]) -> dict[str, dict[str, dict[i
     return out
 
 
-def _profile_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
+def _profile_figure(
+    name: str, rows: list[Row], out: Path, caption: str | None = None
+) -> list[Path]:
     panels = sensitivity_profile_bands(rows)
     if not panels:
         return []
@@ -236,7 +246,7 @@ def _profile_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
             ax.set_title(f"{head}\n{title}" if title else head, fontsize=10)
             ax.legend(fontsize=7, ncol=2, title="band: 95% CI over seeds", title_fontsize=7)
             ax.grid(alpha=0.3)
-        return [savefig(fig, out / f"{name}_sensitivity.png", provenance(name, rows))]
+        return [savefig(fig, out / f"{name}_sensitivity.png", provenance(name, rows), caption)]
 
 
 def _severity_titles(rows: Sequence[Row]) -> dict[tuple, str]:
@@ -316,7 +326,9 @@ def severity_curve_bands(rows: Sequence[Row]) -> dict[str, dict[str, dict[str, d
     return out
 
 
-def _severity_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
+def _severity_figure(
+    name: str, rows: list[Row], out: Path, caption: str | None = None
+) -> list[Path]:
     curves = severity_curve_bands(rows)
     if not curves:
         return []
@@ -347,7 +359,7 @@ def _severity_figure(name: str, rows: list[Row], out: Path) -> list[Path]:
         )
         fig.suptitle("Severity curves: mean ± 95% CI over seeds", fontsize=10)
         fig.tight_layout()
-        return [savefig(fig, out / f"{name}_severity.png", provenance(name, rows))]
+        return [savefig(fig, out / f"{name}_severity.png", provenance(name, rows), caption)]
 
 
 def _severity_panel(plt, ax, by_label: dict[str, dict[float, Stat]], labels: list[str]) -> None:
@@ -371,8 +383,9 @@ def _severity_panel(plt, ax, by_label: dict[str, dict[float, Stat]], labels: lis
         ax.set_xlim(-len(by_label) / 2 - 0.5, len(by_label) / 2 + 0.5)
 
 
-#: Figures a ``"table"`` report may add, by name: ``figure(name, rows, out) -> paths``.
-FIGURES: dict[str, Callable[[str, list[Row], Path], list[Path]]] = {
+#: Figures a ``"table"`` report may add, by name: ``figure(name, rows, out, caption=None) ->
+#: paths`` (``caption``: see :func:`savefig`).
+FIGURES: dict[str, Callable[..., list[Path]]] = {
     "accuracy_consistency": _accuracy_consistency,
     "sensitivity_profile": _profile_figure,
     "severity_curves": _severity_figure,

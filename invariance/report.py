@@ -450,8 +450,9 @@ def _tables(
         atomic_write_text(out / f"{name}.csv", buf.getvalue()),
         atomic_write_text(out / f"{name}.tex", "\n".join(tex)),
     ]
+    partial = next((n.split(";")[0] for n in notes if n.startswith("Partial:")), None)
     for fig in spec.get("figures", ()):
-        written += FIGURES[fig](name, rows, out)
+        written += FIGURES[fig](name, rows, out, caption=partial)
     return written
 
 

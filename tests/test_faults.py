@@ -131,7 +131,7 @@ def test_overrides_never_share_a_folder_or_a_table(tmp_path):
         report(tmp_path / "p", tmp_path / "out2")
 
 
-def test_a_partial_table_says_which_cells_are_not_finished(tmp_path):
+def test_a_partial_table_says_which_cells_are_not_finished(tmp_path, monkeypatch):
     from invariance.report import report
 
     wd = tmp_path / "w"
@@ -148,6 +148,17 @@ def test_a_partial_table_says_which_cells_are_not_finished(tmp_path):
     run_sweep(cells, wd, cell_fn=_rows_cell, progress=False)  # c2 finishes
     (md,) = [p for p in report(wd, tmp_path / "c") if p.suffix == ".md"]
     assert "Partial" not in md.read_text() and "| c2 |" in md.read_text()
+    # Its figures carry the same line (drawn above them).
+    from invariance import report as report_lib
+
+    seen = []
+    spy = {"spy": lambda name, rows, out, caption=None: seen.append(caption) or []}
+    monkeypatch.setattr(report_lib, "FIGURES", spy)
+    spec = {**report_lib.DEFAULT_REPORT, "figures": ["spy"]}
+    note = "Partial: 2 of 3 cells finished; not finished yet: c2."
+    report_lib._tables("fake", [], spec, wd, tmp_path / "e", [note])
+    report_lib._tables("fake", [], spec, wd, tmp_path / "e", [])
+    assert seen == ["Partial: 2 of 3 cells finished", None]
     (wd / "expected.json").write_text("[1, 2]")
     with pytest.raises(CellError, match="expected.json does not list cells"):
         report(wd, tmp_path / "d")
