@@ -240,3 +240,32 @@ def child_env():
     a Python child, importing this checkout and tests/ without ``sys.path`` edits in the
     child's script; see :func:`_child_env`."""
     return _child_env
+
+
+# ----------------------------------------------------------------------------- tiny reproduce
+
+
+@pytest.fixture(scope="session")
+def tiny_reproduce(tmp_path_factory):
+    """One ``invariance reproduce --profile tiny --processes 2 --workdir runs --out results``,
+    run by the real CLI in a child process, shared by the end-to-end test (test_cli) and the
+    store tests (test_store). Returns ``(root, completed process, seconds)``; ``root/runs``
+    is the workdir and ``root/results`` the stores and tables. Tests that use it belong to
+    ``xdist_group("tiny_reproduce")``, so one worker makes it once."""
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path_factory.mktemp("tiny-reproduce")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", INVARIANCE_CACHE_DIR=str(root / "cache"))
+    args = ["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "results"]
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "invariance.cli", *args, "--processes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=root,
+    )
+    return root, proc, time.time() - t0

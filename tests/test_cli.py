@@ -2,9 +2,9 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -195,18 +195,19 @@ def test_a_user_error_exits_the_real_process_with_status_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path, capsys, monkeypatch):
+@pytest.mark.xdist_group("tiny_reproduce")  # the reproduce is shared with test_store
+def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(
+    tiny_reproduce, tmp_path, capsys, monkeypatch
+):
     """The real CLI trains and reports the tiny study, its studies' cells in one queue of two
-    pinned worker processes; the rerun (in this process: it trains nothing, so a second
-    Python + JAX start would check nothing more) finds every cell finished, and its tables
-    and report's are byte-identical."""
+    pinned worker processes (the conftest fixture); the rerun (in this process: it trains
+    nothing, so a second Python + JAX start would check nothing more) finds every cell
+    finished, and its tables and report's are byte-identical."""
     from invariance import cli
 
-    t0 = time.time()
-    args = ["reproduce", "--profile", "tiny", "--workdir", "runs", "--out", "out"]
-    r = _cli([*args, "--processes", "2"], tmp_path)
+    root, r, seconds = tiny_reproduce
     assert r.returncode == 0, r.stderr[-3000:]
-    out = tmp_path / "out"
+    out = root / "results"
     for name in ("pooling_table", "downsample_input"):
         for ext in ("md", "csv", "tex"):
             assert (out / f"{name}.{ext}").is_file()
@@ -215,8 +216,9 @@ def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path, capsys
     table = (out / "pooling_table.md").read_text()
     for label in ("max", "max_blur (3)", "aps"):
         assert f"| {label} |" in table
-    assert "commit" in table and "jax" in table
+    assert "commit" in table and "jax" in table and "Partial" not in table
     # A rerun finds every cell finished: nothing trains again.
+    shutil.copytree(root / "runs", tmp_path / "runs")
     monkeypatch.setenv("INVARIANCE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(cli, "_enable_compilation_cache", lambda: None)
     monkeypatch.chdir(tmp_path)
@@ -231,7 +233,7 @@ def test_reproduce_tiny_end_to_end_and_report_is_byte_identical(tmp_path, capsys
     assert (out / "seed_figures.md").read_bytes() == (
         tmp_path / "out3" / "seed_figures.md"
     ).read_bytes()
-    assert time.time() - t0 < 900
+    assert seconds < 900
 
 
 def test_update_readme_replaces_marked_blocks(tmp_path):

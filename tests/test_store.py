@@ -11,24 +11,16 @@ from invariance import cli, experiment, store
 
 STUDY = "downsample_input"  # two tiny cells: the cheapest study that trains
 
-# One xdist worker for the module: its tests share the one tiny reproduce of ``reproduced``
-# (a module fixture is made once per worker that runs one of its tests).
-pytestmark = pytest.mark.xdist_group("store")
+# One xdist worker for the module and test_cli's end-to-end test: they share one tiny reproduce.
+pytestmark = pytest.mark.xdist_group("tiny_reproduce")
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    """One tiny reproduce of one study into ``tmp/results`` (workdir ``tmp/runs``)."""
-    root = tmp_path_factory.mktemp("reproduce")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(cli, "REPRODUCE_CONFIGS", (STUDY,))
-    mp.chdir(root)
-    try:
-        args = ["reproduce", "--profile", "tiny", "--set", "progress=False"]
-        rc = cli.main([*args, "--workdir", "runs", "--out", "results"])
-    finally:
-        mp.undo()
-    assert rc == 0
+def reproduced(tiny_reproduce):
+    """The shared tiny reproduce (conftest): its stores in ``root/results``, its workdir in
+    ``root/runs``; this module's study is one of its three."""
+    root, proc, _ = tiny_reproduce
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
 
