@@ -393,3 +393,21 @@ def test_bench_processes_table_gives_throughput_ratios_to_one_process():
     assert rows["2 unpinned"].endswith("| 0,1; 0,1 | 9.00 | 9.00 | 222 | 1.00x |")
     with pytest.raises(SystemExit):
         bp.main(["--processes", "1"])  # nothing to compare: refused before any timing
+
+
+@pytest.mark.slow
+def test_bench_processes_smoke(tmp_path):
+    out = tmp_path / "processes.md"
+    args = ["--window", "0.2", "--reps", "1", "--seeds", "1", "--out", str(out)]
+    proc = run_script("bench_processes", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "Command: `python scripts/bench_processes.py --window 0.2 --reps 1 --seeds 1" in text
+    rows = re.findall(
+        r"^\| (1 process|\d+ pinned|\d+ unpinned) \| (\d+) \| ([\d,; ]+) \|", text, re.M
+    )
+    assert [r[0].split()[-1] for r in rows] == ["process", "pinned", "unpinned"], text
+    pinned = rows[1][2].split("; ")
+    assert len(pinned) == int(rows[1][1])
+    if len(os.sched_getaffinity(0)) >= len(pinned):
+        assert len(set(pinned)) == len(pinned)  # each worker on its own cores
