@@ -5,9 +5,10 @@ the CPU cores.
 Why the cores are split: XLA:CPU gives every process a thread pool as large as the cores it may
 run on, so N workers on all cores run N x cores threads that preempt each other. A worker
 pinned to its own cores (``os.sched_setaffinity``, before its XLA backend starts) gets a pool of
-that size. Measured on the 2-core development VM, SmallCNN's train step at batch 128: 91 ms in
-one 2-thread process, 97 and 109 ms in two 1-core processes at once, so two cells at once
-train about 1.8x as many steps per second as one (``invariance reproduce --processes 2``).
+that size. ``python scripts/bench_processes.py`` measures it: on the 2-core development VM, the
+3-seed SmallCNN train step ran 1.47x the steps per second in two pinned 1-core workers as in
+one process on both cores, and 1.37x in two unpinned workers (3 rounds; the rounds spread by
+about 10%, so pinned against unpinned is not resolved; results/benchmarks/processes.md).
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ def _writable_dir(path: str | Path, flag: str) -> Path:
 
 PROCESSES_HELP = (
     "cells run at once, local backend (default 1); each process runs on its own share of the "
-    "CPU cores: on a 2-core CPU, 2 processes train ~1.75x as fast as 1 (docs/sweeps.md)"
+    "CPU cores: on the 2-core VM, 2 processes trained 1.47x the steps per second of 1 "
+    "(scripts/bench_processes.py, docs/sweeps.md)"
 )
 
 
@@ -348,27 +349,30 @@ def _cmd_reproduce(args) -> int:
         for name, cells in studies.items():
             _dry_run(cells, root / name)
         return 0
+    if args.update_readme:
+        _readme_blocks(Path(args.update_readme), out)  # no block for OUT: refused before any work
     with contextlib.ExitStack() as held:
+        for name in studies:  # every store's lock first: a refusal changes no store
+            held.enter_context(lock(out / name))  # a study's store: its cells' light files
         for name, cells in studies.items():
-            kept = out / name  # the study's store: the light files of its finished cells
-            held.enter_context(lock(kept))
-            claim_workdir(kept, cells)
-            record_expected(kept, cells)  # the report says which cells are still missing
-            back = store.restore(cells, kept, root / name)
+            claim_workdir(out / name, cells)
+        for name, cells in studies.items():
+            record_expected(out / name, cells)  # the report says which cells are still missing
+            back = store.restore(cells, out / name, root / name)
             if back:
-                print(f"{name}: {len(back)} cells restored from {kept}", flush=True)
+                print(f"{name}: {len(back)} cells restored from {out / name}", flush=True)
         results = run_sweeps(  # one queue: with --processes N, studies overlap
             [(cells, root / name) for name, cells in studies.items()],
             cell_fn=run_cell,
             processes=args.processes,
             on_finished=functools.partial(_keep_in_store, out=out),
         )
-    failed = []
-    for name, result in zip(studies, results, strict=True):
-        for folder in result.folders:  # a report section changed since: refreshed
-            store.keep(folder, out / name)
-        print(f"{name}: {result.summary()}", flush=True)
-        failed += result.failed
+        failed = []
+        for name, result in zip(studies, results, strict=True):
+            for folder in result.folders:  # a report section changed since: refreshed
+                store.keep(folder, out / name)
+            print(f"{name}: {result.summary()}", flush=True)
+            failed += result.failed
     for p in report(out, out):
         print(p)
     if args.update_readme:
@@ -403,24 +407,35 @@ def update_readme(readme: Path, tables: Path) -> None:
     """
     from invariance.io import write_marked_blocks
 
-    filled = []
+    folder = _readme_blocks(readme, tables)
 
     def body(block: str) -> str | None:
-        name = table_of_block(block, tables.name)
+        name = table_of_block(block, folder)
         if name is None:
             return None  # another tool's block, or another folder's: kept as it is
         path = tables / f"{name}.md"
         if not path.is_file():
             raise UserError(f"{readme} asks for {block} but {path} does not exist")
-        filled.append(name)
         return readme_table(path)
 
     write_marked_blocks(readme, body)
-    if not filled:
+
+
+def _readme_blocks(readme: Path, tables: Path) -> str:
+    """The folder name the README's blocks use for ``tables``, after checking the README
+    exists and has at least one results block for it (else a one-line UserError)."""
+    import re
+
+    if not readme.is_file():
+        raise UserError(f"no such README: {readme}")
+    folder = tables.resolve().name
+    blocks = re.findall(r"<!-- (results:\S+) -->", readme.read_text(encoding="utf-8"))
+    if not any(table_of_block(b, folder) is not None for b in blocks):
         raise UserError(
             f"{readme} has no results block for {tables}: mark one with "
-            f"<!-- results:{tables.name}/NAME --> ... <!-- /results:{tables.name}/NAME -->"
+            f"<!-- results:{folder}/NAME --> ... <!-- /results:{folder}/NAME -->"
         )
+    return folder
 
 
 def table_of_block(block: str, folder: str) -> str | None:

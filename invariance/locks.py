@@ -28,16 +28,6 @@ _HELD: dict[Path, tuple[int, int]] = {}  # folder -> (fd, depth): re-entrant wit
 _HELD_LOCK = threading.Lock()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def lock(folder: str | Path) -> Iterator[Path]:
     """Holds ``folder/.lock`` (an exclusive ``flock``; the file records the holder's PID).

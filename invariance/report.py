@@ -169,24 +169,29 @@ def _cells(run_dir: Path) -> tuple[list[tuple[Path, dict, list[Row]]], list[dict
 
 def _unfinished(run_dir: Path, finished: Sequence[tuple], failed: Sequence[dict]) -> dict:
     """Config name -> (labels of the cells an ``expected.json`` under ``run_dir`` lists that
-    are neither finished nor failed, how many it lists)."""
-    done = {cell for cell, _, _ in finished} | {run_dir / f["folder"] for f in failed}
+    are neither finished nor failed, how many it lists, how many of them failed)."""
+    done = {cell for cell, _, _ in finished}
+    broken = {run_dir / f["folder"] for f in failed}
     missing: dict[str, list[str]] = defaultdict(list)
-    counts: dict[str, int] = defaultdict(int)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for path in sorted(run_dir.glob(f"**/{EXPECTED_FILE}")):
         entries = read_json(path)
         if not isinstance(entries, dict) or not isinstance(entries.get("cells"), list):
             raise CellError(f"{path} does not list cells (a JSON object with a 'cells' list)")
         for e in entries["cells"]:
-            counts[str(e.get("config"))] += 1
-            if path.parent / "cells" / str(e.get("folder")) not in done:
-                missing[str(e.get("config"))].append(str(e.get("label") or e.get("folder")))
-    return {name: (labels, counts[name]) for name, labels in missing.items()}
+            name, cell = str(e.get("config")), path.parent / "cells" / str(e.get("folder"))
+            counts[name][0] += 1
+            counts[name][1] += cell in broken
+            if cell not in done and cell not in broken:
+                missing[name].append(str(e.get("label") or e.get("folder")))
+    return {name: (labels, *counts[name]) for name, labels in missing.items()}
 
 
-def _partial_note(labels: Sequence[str], expected: int) -> str:
+def _partial_note(labels: Sequence[str], expected: int, failed: int) -> str:
+    finished = expected - len(labels) - failed
+    also = f" ({failed} failed)" if failed else ""
     return (
-        f"Partial: {expected - len(labels)} of {expected} cells finished; not finished yet: "
+        f"Partial: {finished} of {expected} cells finished{also}; not finished yet: "
         f"{', '.join(labels)}."
     )
 

@@ -22,7 +22,8 @@ Row = dict[str, Any]
 
 def seed_figures(name: str, rows: list[Row], spec, run_dir: Path, out: Path, *_) -> list[Path]:
     """The ``"seed_figures"`` builder: masking curves, a relative-change table and example
-    images (``examples.npz`` of the cells) for the seeds' experiments."""
+    images (``examples.npz`` of the cells) for the seeds' experiments. The study is one cell,
+    so it is whole or has no table: the report's notes (``Partial: ...``) are not used."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -452,11 +452,12 @@ def run_sweeps(
     if len({w.resolve() for _, w in pairs}) < len(pairs):
         raise ValueError(f"a workdir is given twice: {', '.join(str(w) for _, w in pairs)}")
     with contextlib.ExitStack() as held:
-        for cells, workdir in pairs:
+        for _, workdir in pairs:  # every lock first: a refusal changes no workdir
             held.enter_context(lock(workdir))
-            if claim:
-                claim_workdir(workdir, cells)
-                record_expected(workdir, cells)
+        for cells, workdir in pairs if claim else ():
+            claim_workdir(workdir, cells)
+        for cells, workdir in pairs if claim else ():
+            record_expected(workdir, cells)
         todo = [job for cells, workdir in pairs for job in _prepare(cells, workdir, run.say)]
         results = _execute(todo, run)
     return [
@@ -516,7 +517,9 @@ def _execute(todo: list[tuple[dict, Path]], run: _Run) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     if not todo:
         return results
-    if run.backend == "local" and run.processes == 1:
+    # No more workers than cells: a worker would idle on its share of the cores.
+    processes = min(run.processes, len(todo))
+    if run.backend == "local" and processes == 1:
         for i, (cfg, folder) in enumerate(todo):
             run.say(f"[{i + 1}/{len(todo)}] {folder.name}")
             results.append(run.finished(_run_one(run.cell_fn, cfg, str(folder))))
@@ -524,15 +527,19 @@ def _execute(todo: list[tuple[dict, Path]], run: _Run) -> list[dict[str, Any]]:
         ctx = mp.get_context("spawn")  # JAX is not fork-safe
         counter = ctx.Value("i", 0) if run.pin_cores else None
         with cf.ProcessPoolExecutor(
-            run.processes,
+            processes,
             mp_context=ctx,
             initializer=sweep_worker,
-            initargs=(os.getpid(), counter, run.processes),
+            initargs=(os.getpid(), counter, processes),
         ) as pool:
             futures = {pool.submit(_run_one, run.cell_fn, c, str(f)): f for c, f in todo}
-            for fut in cf.as_completed(futures):
-                results.append(run.finished(fut.result()))
-                run.say(f"{results[-1]['status']} {futures[fut].name}")
+            try:
+                for fut in cf.as_completed(futures):
+                    results.append(run.finished(fut.result()))
+                    run.say(f"{results[-1]['status']} {futures[fut].name}")
+            except BaseException:  # a bug in a cell, or Ctrl-C: stop, as the serial path does
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     else:
         import submitit
 

@@ -60,16 +60,17 @@ def worker_steps(window: float, barrier, seeds: int = 3) -> dict:
     Returns ``{"steps", "seconds", "cores"}`` (this process's cores)."""
     run = _bench_train().jax_variant(seeds, breakdown=False)["step"]
     run(2)  # compile and first touch
-    barrier.wait()
-    start = time.time()  # the barrier releases every worker at once: the windows align
+    barrier.wait(timeout=600)  # a worker that died does not hang the others
+    start = time.monotonic()  # the barrier releases every worker at once: the windows align
     steps = 0
-    while time.time() < start + window + TAIL:
+    while time.monotonic() < start + window + TAIL:
         run(1)
-        steps += time.time() <= start + window
+        steps += time.monotonic() <= start + window
     return {"steps": steps, "seconds": window, "cores": sorted(os.sched_getaffinity(0))}
 
 
-#: Seconds every worker keeps stepping after its window (longer than one step).
+#: Seconds every worker keeps stepping after its window (longer than the barrier's skew and
+#: than one step, so no worker stops while another's window is open).
 TAIL = 2.0
 
 

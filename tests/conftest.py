@@ -84,6 +84,7 @@ NOT_FAST: tuple[str, ...] = (
     # Sweeps over a real process pool (spawned workers import JAX): 9 s and 2 x 5 s, loaded VM.
     "tests/test_processes.py::test_each_pool_worker_runs_on_its_own_share_of_the_cores",
     "tests/test_processes.py::test_several_sweeps_run_as_one_queue_and_keep_their_own_results",
+    "tests/test_processes.py::test_a_bug_in_a_pool_cell_stops_the_sweep_like_the_serial_path",
     "tests/test_pooling_formulations.py",  # 2-6 s a parameter, ~70 parameters
     "tests/test_augment.py::test_train_step_applies_augment_and_keeps_plain_runs_unchanged",
     "tests/test_augment.py::test_resume_with_another_augment_is_refused",  # 6 s

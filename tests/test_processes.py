@@ -30,6 +30,8 @@ def _affinity_cell(config, folder):
     """Records the worker's PID and CPU affinity (and, with ``fail``, diverges)."""
     from invariance.train import TrainingDivergedError
 
+    if config.get("bug"):
+        raise RuntimeError("a bug in the cell")
     if config.get("fail"):
         raise TrainingDivergedError(
             "training diverged: loss nan at step 1", step=1, epoch=1, seed=0, run_dir=Path(folder)
@@ -105,3 +107,20 @@ def test_one_workdir_given_twice_is_refused(tmp_path):
             [(_cells("a", 1), tmp_path / "a"), (_cells("b", 1), tmp_path / "x" / ".." / "a")],
             cell_fn=_affinity_cell,
         )
+
+
+def test_fewer_cells_than_processes_run_in_this_process(tmp_path):
+    """One cell and --processes 2: no pool (its second worker would idle on half the cores)."""
+    result = run_sweep(
+        _cells("one", 1), tmp_path / "w", cell_fn=_affinity_cell, processes=2, progress=False
+    )
+    (row,) = read_rows(result.folders[0])
+    assert row["pid"] == os.getpid()
+
+
+def test_a_bug_in_a_pool_cell_stops_the_sweep_like_the_serial_path(tmp_path):
+    cells = [*_cells("bug", 1, bug=True), *_cells("c", 7)]
+    with pytest.raises(RuntimeError, match="a bug in the cell"):
+        run_sweep(cells, tmp_path / "w", cell_fn=_affinity_cell, processes=2, progress=False)
+    finished = [p for p in (tmp_path / "w" / "cells").iterdir() if (p / "done.json").exists()]
+    assert len(finished) < 7  # the queued cells were cancelled, not run to the end
