@@ -14,12 +14,14 @@ the way the sweep starts its pool (``invariance._procs.sweep_worker``):
   large as all the cores): what pinning avoids.
 
 Each step trains ``--seeds`` models in one program (the full study's cells train 3 seeds so).
-The workers compile, meet at a barrier, then count the steps each ends in the same
-``--window`` seconds, and go on stepping a little longer so that no worker idles while another
-is timed. A configuration's throughput is the sum over its workers of steps per second. The
-configurations run in ``--reps`` rounds, each round in a fresh seeded random order
-(``invariance.benchmarking.round_orders``); a configuration's figure is the median over its
-rounds, and the table gives it as a ratio to the peer's.
+The workers compile, meet at a barrier, then count their steps in the same ``--window``
+seconds (a step by the fraction of its time inside the window), and go on stepping a little
+longer so that no worker idles while another is timed. A configuration's throughput is the
+sum over its workers of steps per second. The configurations run in ``--reps`` rounds, each
+round in a fresh seeded random order (``invariance.benchmarking.round_orders``); a
+configuration's figure is the median over its rounds, and the table gives it as a ratio to
+the peer's. results/benchmarks/processes.md was made before steps were counted by fraction
+(whole steps ending in the window: about half a step per worker less, ~1% at 15 s).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def _bench_train():
 def worker_steps(window: float, barrier, seeds: int = 3) -> dict:
     """In a pool worker: compiles the train step of ``seeds`` models in one program (as a
     cell trains its seeds), waits for the other workers, then steps for ``window`` seconds
-    and counts the steps that end inside it; it keeps stepping for :data:`TAIL` seconds
+    and counts the steps inside it (a step by the fraction of its time in the window, so a
+    window shorter than a step still measures); it keeps stepping for :data:`TAIL` seconds
     more, so every worker stays busy until every window has closed (a worker that stopped
     early would hand its cores to the others and flatter the unpinned configuration).
     Returns ``{"steps", "seconds", "cores"}`` (this process's cores)."""
@@ -62,10 +65,15 @@ def worker_steps(window: float, barrier, seeds: int = 3) -> dict:
     run(2)  # compile and first touch
     barrier.wait(timeout=600)  # a worker that died does not hang the others
     start = time.monotonic()  # the barrier releases every worker at once: the windows align
-    steps = 0
-    while time.monotonic() < start + window + TAIL:
+    end = start + window
+    steps = 0.0  # each step counts by the fraction of its time inside the window
+    while True:
+        a = time.monotonic()
         run(1)
-        steps += time.monotonic() <= start + window
+        b = time.monotonic()
+        steps += max(0.0, min(b, end) - max(a, start)) / (b - a)
+        if b >= end + TAIL:
+            break
     return {"steps": steps, "seconds": window, "cores": sorted(os.sched_getaffinity(0))}
 
 
@@ -121,6 +129,8 @@ def render(parts: dict[str, dict], args, command: str, conditions: str) -> str:
         rows.append(
             f"| {label} | {part['processes']} | {cores} | {rate:.2f} | {each} | "
             f"{1000 * part['processes'] / rate:.0f} | {rate / peer:.2f}x |"
+            if rate > 0 and peer > 0
+            else f"| {label} | {part['processes']} | {cores} | {rate:.2f} | {each} | n/a | n/a |"
         )
     return "\n".join(
         [
@@ -129,8 +139,9 @@ def render(parts: dict[str, dict], args, command: str, conditions: str) -> str:
             *benchmarking.header(command, conditions=conditions),
             f"SmallCNN(pool=max), batch 128, {args.seeds} seeds in one program (the train step "
             "as `invariance.train` builds it for a cell); "
-            f"the workers meet at a barrier, then each counts the steps it ends in the same "
-            f"{args.window:g} s window (and keeps stepping {TAIL:g} s more, so none idles while "
+            f"the workers meet at a barrier, then each counts its steps in the same "
+            f"{args.window:g} s window, a step by the fraction of its time inside it (and keeps "
+            f"stepping {TAIL:g} s more, so none idles while "
             f"another is timed); {args.reps} rounds in seeded random orders; steps/s: the median "
             "over the rounds of the sum over the workers.",
             "",
