@@ -13,13 +13,15 @@ about 10%, so pinned against unpinned is not resolved; results/benchmarks/proces
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing as mp
 import os
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["core_share", "end_with_parent", "sweep_worker"]
+__all__ = ["core_share", "end_with_parent", "sweep_worker", "worker_pool"]
 
 
 def end_with_parent(parent: int, period: float = 0.5) -> None:
@@ -72,3 +74,18 @@ def sweep_worker(parent: int, counter: Any = None, processes: int = 1) -> None:
         index = counter.value
         counter.value += 1
     os.sched_setaffinity(0, core_share(index % processes, processes, os.sched_getaffinity(0)))
+
+
+def worker_pool(processes: int, *, pin_cores: bool = True) -> cf.ProcessPoolExecutor:
+    """The sweep's process pool: ``processes`` spawned workers (JAX is not fork-safe), each
+    started by :func:`sweep_worker`: it ends with this process and, with ``pin_cores``, runs
+    on its own :func:`core_share` of the cores. ``scripts/bench_processes.py`` times workers
+    made by this same function."""
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0) if pin_cores else None
+    return cf.ProcessPoolExecutor(
+        processes,
+        mp_context=ctx,
+        initializer=sweep_worker,
+        initargs=(os.getpid(), counter, processes),
+    )

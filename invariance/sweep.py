@@ -25,15 +25,13 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import multiprocessing as mp
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from invariance._procs import sweep_worker
+from invariance._procs import worker_pool
 from invariance.config import config_hash, study_part, to_dict
 from invariance.io import atomic_write_json
 from invariance.locks import LockError, lock
@@ -524,14 +522,7 @@ def _execute(todo: list[tuple[dict, Path]], run: _Run) -> list[dict[str, Any]]:
             run.say(f"[{i + 1}/{len(todo)}] {folder.name}")
             results.append(run.finished(_run_one(run.cell_fn, cfg, str(folder))))
     elif run.backend == "local":
-        ctx = mp.get_context("spawn")  # JAX is not fork-safe
-        counter = ctx.Value("i", 0) if run.pin_cores else None
-        with cf.ProcessPoolExecutor(
-            processes,
-            mp_context=ctx,
-            initializer=sweep_worker,
-            initargs=(os.getpid(), counter, processes),
-        ) as pool:
+        with worker_pool(processes, pin_cores=run.pin_cores) as pool:
             futures = {pool.submit(_run_one, run.cell_fn, c, str(f)): f for c, f in todo}
             try:
                 for fut in cf.as_completed(futures):

@@ -5,7 +5,7 @@
 What ``invariance sweep --processes N`` and ``invariance reproduce --processes N`` buy on this
 machine. Every configuration runs the max-pooling SmallCNN train step exactly as
 ``invariance.train`` builds it (batch 128, synthetic data) in fresh worker processes started
-the way the sweep starts its pool (``invariance._procs.sweep_worker``):
+by the sweep's own pool maker (``invariance._procs.worker_pool``):
 
 * ``1 process``: one worker on every core, what ``--processes 1`` does (the peer);
 * ``N pinned``: N workers at once, each on its own share of the cores
@@ -27,7 +27,6 @@ the peer's. results/benchmarks/processes.md was made before steps were counted b
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import importlib.util
 import json
 import multiprocessing as mp
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from invariance import benchmarking, runtime
-from invariance._procs import sweep_worker
+from invariance._procs import worker_pool
 
 
 def _bench_train():
@@ -88,13 +87,7 @@ def one_configuration(processes: int, pin: bool, window: float, seeds: int = 3) 
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(processes)
-        counter = ctx.Value("i", 0) if pin else None
-        with cf.ProcessPoolExecutor(
-            processes,
-            mp_context=ctx,
-            initializer=sweep_worker,
-            initargs=(os.getpid(), counter, processes),
-        ) as pool:
+        with worker_pool(processes, pin_cores=pin) as pool:  # as the sweep makes its pool
             futures = [pool.submit(worker_steps, window, barrier, seeds) for _ in range(processes)]
             workers = [f.result() for f in futures]
     return {"steps_per_s": sum(w["steps"] / w["seconds"] for w in workers), "workers": workers}
