@@ -200,6 +200,7 @@ def _cmd_measure(args) -> int:
 
     from invariance import config as C
     from invariance.experiment import run_cell, validate_cell
+    from invariance.io import link_or_copy
     from invariance.sweep import CellError, cell_dir, lock, read_json, run_sweep
 
     folder = Path(args.run_dir)
@@ -226,23 +227,13 @@ def _cmd_measure(args) -> int:
     if target.resolve() != folder.resolve() and (folder / "train").is_dir():
         with lock(folder):  # the new cell reuses the trained models: hard links, no retraining
             if not (target / "train").exists():
-                shutil.copytree(folder / "train", target / "train", copy_function=_link_or_copy)
+                shutil.copytree(folder / "train", target / "train", copy_function=link_or_copy)
     result = run_sweep([new], folder.parent.parent, cell_fn=run_cell, progress=False, claim=False)
     if result.failed:
         print(result.summary())
         return 1
     print(f"rows written to {target / 'rows.jsonl'} (cell {target.name}, from {folder.name})")
     return 0
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    import os
-    import shutil
-
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _set_tag(overrides: list[str]) -> str:
@@ -335,7 +326,13 @@ def _cmd_reproduce(args) -> int:
     from invariance import store
     from invariance.experiment import run_cell
     from invariance.report import report
-    from invariance.sweep import claim_workdir, lock, record_expected, run_sweeps
+    from invariance.sweep import (
+        claim_workdir,
+        lock,
+        record_expected,
+        record_shared_training,
+        run_sweeps,
+    )
 
     _check_processes(args.processes)
     root = _writable_dir(
@@ -361,6 +358,9 @@ def _cmd_reproduce(args) -> int:
             back = store.restore(cells, out / name, root / name)
             if back:
                 print(f"{name}: {len(back)} cells restored from {out / name}", flush=True)
+        # A cell that trains what another study's cell trained takes its models (e.g. the
+        # augmentation table's plain rows are the pooling table's models).
+        record_shared_training(root, [root / name for name in studies])
         results = run_sweeps(  # one queue: with --processes N, studies overlap
             [(cells, root / name) for name, cells in studies.items()],
             cell_fn=run_cell,

@@ -2,10 +2,12 @@
 
 ``run_cell(config, folder)`` dispatches on ``config["experiment"]``:
 
-* ``"train_measure"`` — train ``config.train`` (``num_seeds`` models in one program), then run
-  every protocol of ``config.measure.protocols`` on the first ``measure.eval_examples`` test
-  images, for every seed. Rows carry the cell's label, seed index, test accuracy, parameter
-  count and training time next to each protocol's own fields.
+* ``"train_measure"`` — train ``config.train`` (``num_seeds`` models in one program; or take
+  them from a finished cell that trained the same models,
+  :func:`invariance.sweep.trained_donors` and :func:`invariance.train.adopt_training`), then
+  run every protocol of ``config.measure.protocols`` on the first ``measure.eval_examples``
+  test images, for every seed. Rows carry the cell's label, seed index, test accuracy,
+  parameter count and training time next to each protocol's own fields.
 * ``"seed_figures"`` — claims 1-4 of docs/seeds.md: pooling alone and the two Probe
   networks (Conv -> MaxPool(2x2, stride 1) -> Conv against Conv -> Conv, random
   initialisation, several seeds) under random, line and inverse masking of Fashion-MNIST
@@ -38,6 +40,7 @@ from invariance import data, measure, models, pooling, transforms
 from invariance import train as train_lib
 from invariance.config import ConfigError
 from invariance.io import atomic_write_bytes, atomic_write_text, provenance
+from invariance.sweep import trained_donors
 
 __all__ = [
     "EXPERIMENTS",
@@ -125,6 +128,9 @@ def train_measure(cfg: ml_collections.ConfigDict, folder: Path) -> list[dict[str
     tcfg = ml_collections.ConfigDict(cfg.train.to_dict())
     tcfg.workdir = str(folder / "train")
     tcfg.progress = bool(cfg.get("progress", True))
+    # A finished cell that trained the same models (another study's row, say) lends them:
+    # the rows of both come from one training, which runs once.
+    train_lib.adopt_training(Path(tcfg.workdir), tcfg, trained_donors(folder))
     t0 = time.perf_counter()
     with keep_config_on_failure(tcfg.workdir):
         result = train_lib.train(tcfg)

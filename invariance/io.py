@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "link_or_copy",
     "provenance",
     "write_marked_blocks",
 ]
@@ -65,6 +66,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Writes ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """A hard link of file ``src`` at ``dst`` (no bytes copied; files written atomically are
+    replaced, never written through, so the two stay independent), or a copy where the file
+    system has no hard links. Usable as ``shutil.copytree(..., copy_function=)``."""
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 @functools.lru_cache(maxsize=1)

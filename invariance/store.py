@@ -7,8 +7,9 @@ layout (``STORE/cells/<name>-<hash>/``), small enough to commit:
 - the cell's top-level files: ``config.json`` (the resolved config), ``rows.jsonl``,
   ``done.json`` (row count and sha256 of the rows), ``provenance.json`` and any small
   artefact the report draws (``examples.npz``);
-- its training record, ``train/metrics.jsonl`` (one row per epoch), ``train/config.json`` and
-  ``train/provenance.json``;
+- its training record, ``train/metrics.jsonl`` (one row per epoch), ``train/config.json``,
+  ``train/provenance.json`` and, for models taken from another cell's training,
+  ``train/shared_training.json``;
 - never ``checkpoints/``, locks or files over :data:`MAX_FILE_BYTES`.
 
 ``invariance reproduce`` keeps ``results/<profile>/<study>/`` as the store of each study: it
@@ -37,7 +38,7 @@ __all__ = ["MAX_FILE_BYTES", "keep", "light_files", "restore"]
 
 #: Files bigger than this are never stored (a checkpoint that landed at the top level, say).
 MAX_FILE_BYTES = 8 * 2**20
-_TRAIN_FILES = ("metrics.jsonl", "config.json", "provenance.json")
+_TRAIN_FILES = ("metrics.jsonl", "config.json", "provenance.json", "shared_training.json")
 
 
 def light_files(cell: str | Path) -> list[Path]:
@@ -48,8 +49,8 @@ def light_files(cell: str | Path) -> list[Path]:
 
     Returns:
         Relative paths: the top-level regular files (not hidden, at most
-        :data:`MAX_FILE_BYTES`), then ``train/{metrics.jsonl, config.json, provenance.json}``
-        where present, then ``done.json``.
+        :data:`MAX_FILE_BYTES`), then ``train/{metrics.jsonl, config.json, provenance.json,
+        shared_training.json}`` where present, then ``done.json``.
     """
     cell = Path(cell)
     top = [

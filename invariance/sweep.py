@@ -52,7 +52,9 @@ __all__ = [
     "read_json",
     "read_rows",
     "record_expected",
+    "record_shared_training",
     "run_sweep",
+    "trained_donors",
     "run_sweeps",
 ]
 
@@ -65,6 +67,9 @@ CONFIG_FILE, ROWS_FILE, DONE_FILE, FAILED_FILE, STUDY_FILE, EXPECTED_FILE = (
     "sweep.json",
     "expected.json",
 )
+
+#: In a folder of sweep workdirs (a reproduce's): the workdirs whose cells share trainings.
+SHARED_TRAINING_FILE = "shared_training.json"
 
 CellFn = Callable[[dict[str, Any], str], Any]
 
@@ -249,6 +254,44 @@ def record_expected(folder: str | Path, cells: Sequence[ml_collections.ConfigDic
             name, {"folder": name, "label": d.get("cell_name"), "config": d.get("name")}
         )
     atomic_write_json(Path(folder) / EXPECTED_FILE, {"cells": list(entries.values())})
+
+
+def record_shared_training(root: str | Path, workdirs: Sequence[str | Path]) -> None:
+    """Writes ``root/shared_training.json``: the sweep workdirs in ``root`` (a reproduce's)
+    whose cells may reuse each other's finished trainings (:func:`trained_donors`).
+
+    Args:
+        root: the folder holding the workdirs.
+        workdirs: workdirs directly inside ``root``.
+    """
+    names = sorted({Path(w).name for w in workdirs})
+    atomic_write_json(Path(root) / SHARED_TRAINING_FILE, {"workdirs": names})
+
+
+def trained_donors(folder: str | Path) -> list[Path]:
+    """The run directories (``CELL/train``) of finished cells that a cell at ``folder``
+    (``WORKDIR/cells/NAME-HASH``) may take its trained models from: the other finished cells
+    of its workdir, then, where ``shared_training.json`` beside the workdir names it
+    (:func:`record_shared_training`), those of the other workdirs named there; each in name
+    order. Whether a donor trained the same
+    models is :func:`invariance.train.adopt_training`'s check, not this list's."""
+    folder = Path(folder)
+    workdir = folder.parent.parent
+    workdirs = [workdir]
+    shared = workdir.parent / SHARED_TRAINING_FILE
+    if shared.is_file():
+        try:
+            names = read_json(shared).get("workdirs", [])
+        except (CellError, AttributeError):
+            names = []
+        if workdir.name in names:  # a workdir not named there shares with no other
+            workdirs += [workdir.parent / n for n in names if n != workdir.name]
+    donors = []
+    for w in workdirs:
+        for cell in sorted((w / "cells").glob("*")):
+            if cell != folder and (cell / "train").is_dir() and is_done(cell):
+                donors.append(cell / "train")
+    return donors
 
 
 # ------------------------------------------------------------------------------------------

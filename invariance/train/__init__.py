@@ -44,6 +44,7 @@ from invariance.train._config import (
 from invariance.train._eval import evaluate, make_apply_fn, make_features_fn
 from invariance.train._loop import TrainingDivergedError, TrainResult, train
 from invariance.train._seeds import map_seeds
+from invariance.train._share import adopt_training, training_identity
 from invariance.train._step import RecompileError, init_train_state, make_train_step
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "RecompileError",
     "TrainResult",
     "TrainingDivergedError",
+    "adopt_training",
     "default_config",
     "evaluate",
     "init_train_state",
@@ -62,4 +64,5 @@ __all__ = [
     "make_schedule",
     "map_seeds",
     "train",
+    "training_identity",
 ]
