@@ -43,6 +43,29 @@ def test_finished_cells_are_stored_without_checkpoints(reproduced):
         ).read_bytes()
 
 
+def test_the_downsampling_tables_max_row_is_the_pooling_tables_max_model(reproduced):
+    """Both studies ask for the same training (tiny max pooling): one set of models serves
+    both tables, whether the second cell took the first one's checkpoint or (had it started
+    before the first finished) trained the same models itself."""
+    runs = reproduced / "runs"
+    (pool,) = (runs / "pooling_table" / "cells").glob("max-*")
+    (down,) = (runs / "downsample_input" / "cells").glob("max_pool*")
+    shared = down / "train" / "shared_training.json"
+    if shared.exists():
+        trained_in = json.loads(shared.read_text())["trained_in"]
+        assert (down / "train" / trained_in).resolve() == (pool / "train").resolve()
+        assert (
+            (reproduced / "results" / STUDY / "cells" / down.name / "train")
+            .joinpath("shared_training.json")
+            .is_file()
+        )  # the store keeps where the models came from
+    rows = [
+        {r["seed_index"]: r["test_accuracy"] for r in map(json.loads, f.open())}
+        for f in (pool / "rows.jsonl", down / "rows.jsonl")
+    ]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+
+
 def test_a_rerun_restores_the_stored_cells_instead_of_computing_them(
     reproduced, tmp_path, monkeypatch, capsys
 ):
