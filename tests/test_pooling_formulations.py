@@ -96,8 +96,10 @@ def _slc(x, i, j, st, out_hw):
 
 
 def _same_value_and_grad(new, old, x, rtol=1e-6, atol=1e-6, exact=False):
-    y_new, vjp_new = jax.vjp(new, x)
-    y_old, vjp_old = jax.vjp(old, x)
+    # Both jitted, as a model runs them (and 3-4x faster to test than op-by-op dispatch, where
+    # each primitive of each shape compiles on its own).
+    y_new, vjp_new = jax.vjp(jax.jit(new), x)
+    y_old, vjp_old = jax.vjp(jax.jit(old), x)
     if exact:
         np.testing.assert_array_equal(y_new, y_old)
     np.testing.assert_allclose(y_new, y_old, rtol=rtol, atol=atol)
