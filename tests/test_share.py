@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -85,6 +86,11 @@ def test_no_adoption_of_another_training_an_unfinished_one_or_over_own_checkpoin
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)  # a run of its own: resumed, not replaced
     assert adopt_training(tmp_path / "b", own, [root / "done"]) is None
     assert adopt_training(tmp_path / "c", own, [tmp_path / "missing"]) is None
+    odd = tmp_path / "odd"  # a finished checkpoint under a config that no longer validates
+    shutil.copytree(root / "done", odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**cfg, "augment": {"nosuch": 1}}))
+    assert adopt_training(tmp_path / "d", own, [odd]) is None
 
 
 def _finished_cells(workdir, *names, train_dir=True):

@@ -99,7 +99,11 @@ def adopt_training(
         epoch = finished_epoch(donor)
         if epoch is None or donor.resolve() == run_dir.resolve():
             continue
-        if training_identity(json.loads((donor / ckpt_lib.CONFIG_FILE).read_text())) != want:
+        try:
+            theirs = training_identity(json.loads((donor / ckpt_lib.CONFIG_FILE).read_text()))
+        except (OSError, ValueError, TypeError):  # unreadable or invalid: not a donor
+            continue
+        if theirs != want:
             continue
         _link_run(donor, run_dir, epoch)
         return donor
