@@ -9,6 +9,7 @@ minutes on a 2-core CPU. Parameters are compared exactly where the program is th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -178,7 +179,8 @@ _FOUR_DEVICES = textwrap.dedent(
 def test_four_devices_match_one(uninterrupted, tmp_path, child_env):
     """Per-device batch 8 on 4 devices == per-device batch 32 on 1 (the same global batch)."""
     script = _FOUR_DEVICES.format(workdir=str(tmp_path / "four"), out=str(tmp_path / "four.npz"))
-    env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = child_env(XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")  # the suite's flags, and 4 CPUs
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO
     )
