@@ -75,6 +75,11 @@ def test_an_adopted_run_restores_the_donor_models_and_trains_nothing(donor, tmp_
     assert result.history == done.history  # the donor's epochs, seconds included: none ran
     assert _digests(root / "done") == before  # the donor is never written
     assert json.loads((tmp_path / "new" / "config.json").read_text())["workdir"] == cfg.workdir
+    # Taken again from the run that took them: the record names the run that trained them.
+    third = small_config(tmp_path / "third")
+    assert adopt_training(tmp_path / "third", third, [tmp_path / "new"]) == tmp_path / "new"
+    trained_in = json.loads((tmp_path / "third" / SHARED_FILE).read_text())["trained_in"]
+    assert (tmp_path / "third" / trained_in).resolve() == (root / "done").resolve()
 
 
 def test_no_adoption_of_another_training_an_unfinished_one_or_over_own_checkpoints(donor, tmp_path):

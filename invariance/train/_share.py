@@ -88,7 +88,8 @@ def adopt_training(
         The donor adopted, or None. On adoption ``run_dir/checkpoints/<epoch>`` is hard-linked
         (copied where links are impossible) from the donor's final checkpoint, its
         ``metrics.jsonl`` and ``provenance.json`` (what trained the models) are copied, and
-        :data:`SHARED_FILE` names the donor (its path relative to ``run_dir``). The run's own
+        :data:`SHARED_FILE` names the run that trained the models (the donor, or the one the
+        donor took them from; its path relative to ``run_dir``). The run's own
         ``config.json`` is written by :func:`invariance.train.train` when it restores the
         checkpoint.
     """
@@ -117,8 +118,15 @@ def _link_run(donor: Path, run_dir: Path, epoch: int) -> None:
     for name in (ckpt_lib.METRICS_FILE, ckpt_lib.PROVENANCE_FILE):
         if (donor / name).is_file():
             shutil.copy2(donor / name, run_dir / name)
+    trained_in = donor.resolve()
+    lent = donor / SHARED_FILE
+    if lent.is_file():  # the donor took its models from another run: name the one that trained
+        try:
+            trained_in = (donor / json.loads(lent.read_text())["trained_in"]).resolve()
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     # Relative, so the record reads the same in a committed store on another machine.
-    record = {"trained_in": os.path.relpath(donor.resolve(), run_dir.resolve()), "epoch": epoch}
+    record = {"trained_in": os.path.relpath(trained_in, run_dir.resolve()), "epoch": epoch}
     atomic_write_text(run_dir / SHARED_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
     tmp = run_dir / f".{ckpt_lib.CHECKPOINT_DIR}.adopting"
     shutil.rmtree(tmp, ignore_errors=True)
