@@ -8,27 +8,16 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from test_train import small_config as train_config
 
 from invariance import sweep
-from invariance.train import adopt_training, default_config, train, training_identity
+from invariance.train import adopt_training, train, training_identity
 from invariance.train._share import SHARED_FILE
 
 
 def small_config(workdir, **overrides):
-    """SmallCNN(4, 8) on 128 synthetic images, batch 32, 2 epochs of 4 steps."""
-    c = default_config()
-    c.dataset = "synthetic"
-    c.train_examples = 128
-    c.eval_examples = 64
-    c.batch_size = 32
-    c.num_epochs = 2
-    c.model_options.widths = (4, 8)
-    c.model_options.hidden = 16
-    c.progress = False
-    c.workdir = str(workdir)
-    for key, value in overrides.items():
-        setattr(c, key, value)
-    return c
+    """test_train's SmallCNN(4, 8) on synthetic images, 2 epochs, in ``workdir``."""
+    return train_config(workdir=str(workdir), **overrides)
 
 
 def _digests(folder):
@@ -57,7 +46,7 @@ def donor(tmp_path_factory):
     """A finished 2-epoch run, and an unfinished one (stopped after epoch 1) of another lr."""
     root = tmp_path_factory.mktemp("share")
     done = train(small_config(root / "done"))
-    train(small_config(root / "half", learning_rate=3e-3, stop_after_epochs=1))
+    train(small_config(root / "half", learning_rate=1e-2, stop_after_epochs=1))
     return root, done
 
 
@@ -84,7 +73,7 @@ def test_an_adopted_run_restores_the_donor_models_and_trains_nothing(donor, tmp_
 
 def test_no_adoption_of_another_training_an_unfinished_one_or_over_own_checkpoints(donor, tmp_path):
     root, _ = donor
-    other = small_config(tmp_path / "a", learning_rate=3e-3)  # the unfinished run's training
+    other = small_config(tmp_path / "a", learning_rate=1e-2)  # the unfinished run's training
     assert adopt_training(tmp_path / "a", other, [root / "done", root / "half"]) is None
     assert not (tmp_path / "a").exists()
     own = small_config(tmp_path / "b")
