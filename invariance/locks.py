@@ -3,7 +3,8 @@
 A lock is an exclusive ``flock`` on ``FOLDER/.lock``; the file records the holder's PID and
 host, so a second process stops with one line naming them. The kernel releases a ``flock``
 when its holder dies, so a lock left by a dead process is free again (the stale PID in the
-file is simply overwritten). Locks are re-entrant within a process.
+file is simply overwritten). ``lock`` refuses a held folder and is re-entrant within a process;
+``wait_for`` waits its turn (one process prepares a shared cache entry while the others wait).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK_FILE", "LockError", "lock"]
+__all__ = ["LOCK_FILE", "LockError", "lock", "wait_for"]
 
 LOCK_FILE = ".lock"
 
@@ -63,8 +64,7 @@ def lock(folder: str | Path) -> Iterator[Path]:
                 f"{folder} is in use by process {pid} on {host} (lock {path}); wait for it to "
                 "end, or use another folder"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        _record_holder(fd)
         with _HELD_LOCK:
             _HELD[folder] = (fd, 1)
     try:
@@ -77,3 +77,29 @@ def lock(folder: str | Path) -> Iterator[Path]:
             else:
                 del _HELD[folder]
                 os.close(fd)  # releases the flock; the file stays (its PID is then stale)
+
+
+def _record_holder(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+
+
+@contextlib.contextmanager
+def wait_for(folder: str | Path) -> Iterator[Path]:
+    """Holds ``folder/.lock`` exclusively, first waiting for any other holder to release it.
+
+    For work that several processes may start at once and only one should do (preparing a
+    dataset in a shared cache): the others wait, then find it done. Not re-entrant, and it
+    excludes other threads of this process too (each call opens its own file description).
+    """
+    import fcntl
+
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _record_holder(fd)
+        yield folder
+    finally:
+        os.close(fd)  # releases the flock

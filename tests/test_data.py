@@ -558,3 +558,54 @@ def test_real_fashion_mnist_from_the_shipped_copy(monkeypatch):
     x_cached, _ = data.load("fashion_mnist", "train")
     assert time.perf_counter() - start < 2.0  # Verified cache hit: ~0.1 s.
     np.testing.assert_array_equal(x_cached, x_train)
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+from invariance import data
+from invariance.data import _tfds
+
+generate = _tfds._IdxBuilder._generate_examples
+
+def slow_generate(self, images, labels):  # Holds the preparation open long enough to overlap.
+    time.sleep(1.0)
+    yield from generate(self, images, labels)
+
+_tfds._IdxBuilder._generate_examples = slow_generate
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.01)
+images, labels = data.load("fashion_mnist", "test")
+print("loaded", int(images.sum()), int(labels.sum()))
+"""
+
+
+def test_two_processes_preparing_one_dataset_at_once_both_load_it(dirs, tmp_path):
+    # The first load in a fresh cache prepares the tfds dataset; two processes doing that at
+    # once (a sweep with --processes 2 on a fresh machine) both prepared it and the second
+    # rename failed with FileExistsError. Now one prepares and the other waits and reads it.
+    import os
+    import subprocess
+    import sys
+
+    idx_dir, _ = dirs
+    arrays = write_dataset(idx_dir)
+    go = tmp_path / "go"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(go)],
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    time.sleep(0.5)
+    go.touch()
+    outputs = [racer.communicate(timeout=120) for racer in racers]
+    images, labels = arrays["test"]
+    for racer, (out, err) in zip(racers, outputs, strict=True):
+        assert racer.returncode == 0, err[-2000:]
+        assert out.splitlines()[-1] == f"loaded {images.sum()} {labels.sum()}"

@@ -26,6 +26,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from invariance import locks
 from invariance.data import _idx
 
 FILE_FORMAT = "array_record"
@@ -125,16 +126,28 @@ def read(name: str, split: str, tfds_dir: Path) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
+def _builder(name: str, idx_dir: Path | None, tfds_dir: Path) -> _IdxBuilder:
+    with _quiet_absl():
+        return LOCAL_BUILDERS[name](idx_dir=idx_dir, data_dir=tfds_dir, file_format=FILE_FORMAT)
+
+
 def prepare_local(name: str, idx_dir: Path | None, tfds_dir: Path) -> bool:
     """Prepares ``<name>_local`` in ``tfds_dir`` from ``idx_dir`` unless already there.
 
+    Processes that start at once (a sweep's workers on a fresh machine) prepare it once: each
+    waits for ``tfds_dir/.locks/<name>``, and one that gets it after another prepared the
+    dataset finds it done.
+
     Returns whether the dataset is prepared (False: not prepared and no ``idx_dir``).
     """
-    with _quiet_absl():
-        builder = LOCAL_BUILDERS[name](idx_dir=idx_dir, data_dir=tfds_dir, file_format=FILE_FORMAT)
-        if builder.is_prepared():
-            return True
+    if _builder(name, idx_dir, tfds_dir).is_prepared():
+        return True
     if idx_dir is None:
         return False
-    builder.download_and_prepare(file_format=FILE_FORMAT, download_dir=tfds_dir / "downloads")
+    with locks.wait_for(tfds_dir / ".locks" / name):
+        builder = _builder(name, idx_dir, tfds_dir)  # Sees a dataset prepared while waiting.
+        if not builder.is_prepared():
+            builder.download_and_prepare(
+                file_format=FILE_FORMAT, download_dir=tfds_dir / "downloads"
+            )
     return True
