@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["core_share", "end_with_parent", "sweep_worker", "worker_pool"]
+__all__ = ["core_share", "end_with_parent", "stop_pool", "sweep_worker", "worker_pool"]
 
 
 def end_with_parent(parent: int, period: float = 0.5) -> None:
@@ -89,3 +89,20 @@ def worker_pool(processes: int, *, pin_cores: bool = True) -> cf.ProcessPoolExec
         initializer=sweep_worker,
         initargs=(os.getpid(), counter, processes),
     )
+
+
+def stop_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Stops ``pool`` now: cancels its queued tasks and ends the workers running tasks (SIGTERM).
+
+    ``shutdown(cancel_futures=True)`` alone lets running tasks finish, and the interpreter joins
+    the workers at exit, so a sweep whose cell raised would compute on for as long as its other
+    cells take (half an hour on the full study) after printing the error.
+    """
+    if terminate := getattr(pool, "terminate_workers", None):  # Python 3.14+
+        terminate()
+        return
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()

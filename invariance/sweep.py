@@ -31,7 +31,7 @@ from typing import Any
 
 import ml_collections
 
-from invariance._procs import worker_pool
+from invariance._procs import stop_pool, worker_pool
 from invariance.config import config_hash, study_part, to_dict
 from invariance.io import atomic_write_json
 from invariance.locks import LockError, lock
@@ -572,7 +572,7 @@ def _execute(todo: list[tuple[dict, Path]], run: _Run) -> list[dict[str, Any]]:
                     results.append(run.finished(fut.result()))
                     run.say(f"{results[-1]['status']} {futures[fut].name}")
             except BaseException:  # a bug in a cell, or Ctrl-C: stop, as the serial path does
-                pool.shutdown(wait=False, cancel_futures=True)
+                stop_pool(pool)
                 raise
     else:
         import submitit

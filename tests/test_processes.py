@@ -36,7 +36,10 @@ def _affinity_cell(config, folder):
         raise TrainingDivergedError(
             "training diverged: loss nan at step 1", step=1, epoch=1, seed=0, run_dir=Path(folder)
         )
-    time.sleep(0.3)  # long enough that both workers take cells
+    if config.get("bug_after"):  # another worker's cell fails first
+        time.sleep(config["bug_after"])
+        raise RuntimeError("a bug in the cell")
+    time.sleep(config.get("sleep", 0.3))  # 0.3 s: long enough that both workers take cells
     row = {"label": config["cell_name"], "pid": os.getpid()}
     row["cores"] = sorted(os.sched_getaffinity(0))
     (Path(folder) / "rows.jsonl").write_text(json.dumps(row) + "\n")
@@ -124,3 +127,43 @@ def test_a_bug_in_a_pool_cell_stops_the_sweep_like_the_serial_path(tmp_path):
         run_sweep(cells, tmp_path / "w", cell_fn=_affinity_cell, processes=2, progress=False)
     finished = [p for p in (tmp_path / "w" / "cells").iterdir() if (p / "done.json").exists()]
     assert len(finished) < 7  # the queued cells were cancelled, not run to the end
+
+
+_BUGGY_SWEEP = """
+import sys, time
+from pathlib import Path
+from invariance.sweep import run_sweep
+
+
+def cell(config, folder):
+    if config["cell_name"] == "bug":
+        time.sleep(1.0)  # the other worker has started its long cell by now
+        raise RuntimeError("a bug in the cell")
+    time.sleep(120)
+
+
+if __name__ == "__main__":
+    cells = [{"name": n, "cell_name": n, "sweep_keys": ["cell_name"]} for n in ("bug", "long")]
+    run_sweep(cells, Path(sys.argv[1]), cell_fn=cell, processes=2, progress=False)
+"""
+
+
+def test_a_bug_in_a_pool_cell_ends_the_process_without_waiting_for_other_cells(tmp_path):
+    # The error used to surface at once but the process lived on until every running cell had
+    # finished (the pool's workers were joined at exit): on the full study, a worker's crash
+    # left the sweep computing for half an hour after its traceback.
+    import subprocess
+    import sys
+
+    script = tmp_path / "buggy_sweep.py"
+    script.write_text(_BUGGY_SWEEP)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0 and "a bug in the cell" in done.stderr
+    assert time.perf_counter() - start < 60
