@@ -36,10 +36,13 @@ Command:  invariance sweep circular_backbone --profile quick
           (part of `invariance reproduce --profile full`; in the quick profile it runs with
           `invariance sweep` only: see FULL_ONLY_CONFIGS in invariance/cli.py)
 Runtime:  quick: not yet measured on the 2-core CPU (5 cells x 3 seeds, 12k train images,
-          2 epochs); full (60k images, 6 epochs, 3 seeds): not yet measured; about 18
-          core-minutes a cell on the 2-core CPU if its steps cost what the pooling table's
-          max cell's did (5 cells, ~45 min at two cells at once; an estimate); a GPU
-          time is an estimate until measured on one.
+          2 epochs); full (60k images, 6 epochs, 3 seeds), measured on the 2-core CPU
+          with two cells at a time (`--processes 2`, one core each): each cell trained in
+          786-1393 s (`train s` in the table; max_blur (3)'s 2183 s and aps's 1777 s
+          include a 10-minute pause of the run) and then measured in a few minutes
+          (strided_conv: 27 min from start to finished); about 1.8 core-hours in all, ~55
+          min of wall time at two cells at once. A GPU time is an estimate until measured
+          on one.
 Numbers:  results/<profile>/circular_backbone.md / .csv / .tex (written by the commands
           above; the tiny profile, synthetic data, is what the tests run).
 
