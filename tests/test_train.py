@@ -99,6 +99,7 @@ def test_small_cnn_loss_falls_and_run_dir_is_complete(tmp_path):
     assert saved["model_options"] == {"pool": "max", "widths": [8, 16]}
     prov = json.loads((tmp_path / "provenance.json").read_text())
     assert prov["global_batch_size"] == 32 and prov["steps_per_epoch"] == 8
+    assert prov["cpu_model"] and prov["cpu_model"] != "unknown"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "4"]
     row = result.history[-1]
     assert len(row["test_accuracy_per_seed"]) == 1 and 0 <= row["test_accuracy"] <= 1
@@ -393,3 +394,13 @@ def test_map_seeds_lives_with_the_seed_axis_not_evaluation():
     for chunk in (1, 2, 4):
         out = _seeds.map_seeds(lambda a: a * 2 + a.sum(), xs, vmap_seeds=chunk)
         np.testing.assert_allclose(out, jax.vmap(lambda a: a * 2 + a.sum())(*xs))
+
+
+def test_cpu_model_names_the_cpu_and_its_widest_vector_extension():
+    from invariance.io import cpu_model
+
+    info = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+    assert cpu_model(info) == "AMD EPYC 7B13 (avx2)"
+    assert cpu_model(info.replace("avx2 ", "avx2 avx512f ")) == "AMD EPYC 7B13 (avx512f)"
+    assert cpu_model("model name : Some CPU\n") == "Some CPU"
+    assert cpu_model() == cpu_model(None) and cpu_model()
