@@ -15,12 +15,14 @@ Command:  invariance sweep augmentation --profile quick
           (part of `invariance reproduce --profile full`; in the quick profile it runs with
           `invariance sweep` only: see FULL_ONLY_CONFIGS in invariance/cli.py)
 Runtime:  quick: not yet measured on the 2-core CPU (9 cells x 3 seeds, 12k train images,
-          2 epochs); full (60k images, 6 epochs, 3 seeds): not yet measured. The three plain
-          rows train nothing under `invariance reproduce`: they take the pooling table's max,
-          max_blur (3) and aps models (the same training config) and only measure (~5 min
-          each on one core). The six augmented cells need about 18 core-minutes each if their
-          steps cost what the pooling table's max cell's did (~70 min at two cells at once;
-          an estimate); a GPU time is an estimate until measured on one.
+          2 epochs); full (60k images, 6 epochs, 3 seeds), measured on the 2-core CPU with
+          two cells at a time (`--processes 2`, one core each): each of the eight trained
+          cells trained in 1026-1486 s (`train s` in the table), then measured in 5-6 min;
+          about 3.4 core-hours in all. The plain max row trains nothing under `invariance
+          reproduce`: it takes the pooling table's max models (the same training config);
+          the plain max_blur (3) and aps rows do the same when the pooling table's
+          checkpoints are on disk (in the committed run they were not, and trained their
+          own). A GPU time is an estimate until measured on one.
 Numbers:  results/<profile>/augmentation.md / .csv / .tex (written by the commands above;
           the tiny profile, synthetic data, is what the tests run).
 

@@ -116,7 +116,7 @@ def cpu_model(cpuinfo: str | None = None) -> str:
 
     XLA:CPU compiles for the host's instruction set, so floating-point sums can round
     differently on another CPU: the same training config, seeds and code trained on two VMs
-    gave test accuracies that differ by up to 0.1 point. This names the CPU a row came from.
+    gave test accuracies that differ by up to 0.3 point. This names the CPU a row came from.
 
     Args:
         cpuinfo: the text of ``/proc/cpuinfo`` (read from the system when None; where there
