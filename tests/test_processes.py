@@ -36,10 +36,7 @@ def _affinity_cell(config, folder):
         raise TrainingDivergedError(
             "training diverged: loss nan at step 1", step=1, epoch=1, seed=0, run_dir=Path(folder)
         )
-    if config.get("bug_after"):  # another worker's cell fails first
-        time.sleep(config["bug_after"])
-        raise RuntimeError("a bug in the cell")
-    time.sleep(config.get("sleep", 0.3))  # 0.3 s: long enough that both workers take cells
+    time.sleep(0.3)  # long enough that both workers take cells
     row = {"label": config["cell_name"], "pid": os.getpid()}
     row["cores"] = sorted(os.sched_getaffinity(0))
     (Path(folder) / "rows.jsonl").write_text(json.dumps(row) + "\n")
