@@ -50,9 +50,8 @@ def lock(folder: str | Path) -> Iterator[Path]:
         else:
             reentered = False
     if not reentered:
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(folder)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -79,6 +78,12 @@ def lock(folder: str | Path) -> Iterator[Path]:
                 os.close(fd)  # releases the flock; the file stays (its PID is then stale)
 
 
+def _open_lock_file(folder: Path) -> int:
+    """Opens (creating it and its folder) ``folder/.lock``; returns the descriptor, unlocked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+
+
 def _record_holder(fd: int) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -95,8 +100,7 @@ def wait_for(folder: str | Path) -> Iterator[Path]:
     import fcntl
 
     folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(folder)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         _record_holder(fd)
